@@ -1,0 +1,18 @@
+//! httpjail: run a command with every HTTP(S) request it makes filtered by a rule you write.
+//!
+//! # Layout
+//!
+//! - [`cli`]: command-line syntax; [`config`]: validated configuration; [`env`]: variable names.
+//! - [`app`]: orchestration of a run, the only module that knows both proxy and jails.
+//! - [`rules`]: the request model, the answer parser and the three rule engines.
+//! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
+//!
+//! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod diagnostics;
+pub mod env;
+pub mod error;
+pub mod rules;

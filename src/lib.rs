@@ -15,4 +15,8 @@ pub mod config;
 pub mod diagnostics;
 pub mod env;
 pub mod error;
+pub mod net;
+pub mod proxy;
+pub mod request_log;
 pub mod rules;
+pub mod shutdown;

@@ -78,12 +78,27 @@ pub struct RuleEngine {
     inner: Arc<Kind>,
 }
 
-#[derive(Debug)]
+/// A rule written in Rust, for embedding httpjail as a library and for tests.
+pub type NativeRule = dyn Fn(&RuleRequest) -> Decision + Send + Sync;
+
 enum Kind {
     DenyAll,
+    Native(Box<NativeRule>),
     Js(js::JsEngine),
     Shell(shell::ShellEngine),
     LineProcessor(line_processor::LineProcessor),
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DenyAll => f.write_str("DenyAll"),
+            Self::Native(_) => f.write_str("Native"),
+            Self::Js(e) => e.fmt(f),
+            Self::Shell(e) => e.fmt(f),
+            Self::LineProcessor(e) => e.fmt(f),
+        }
+    }
 }
 
 impl RuleEngine {
@@ -127,10 +142,18 @@ impl RuleEngine {
         }
     }
 
+    /// An engine that runs a Rust closure.
+    pub fn native(rule: impl Fn(&RuleRequest) -> Decision + Send + Sync + 'static) -> Self {
+        Self {
+            inner: Arc::new(Kind::Native(Box::new(rule))),
+        }
+    }
+
     /// Decides one request. Never fails: every error is a deny.
     pub async fn evaluate(&self, request: &RuleRequest) -> Decision {
         match &*self.inner {
             Kind::DenyAll => Decision::deny(DenyReason::NoRule),
+            Kind::Native(rule) => rule(request),
             Kind::Js(engine) => engine.evaluate(request),
             Kind::Shell(engine) => engine.evaluate(request).await,
             Kind::LineProcessor(engine) => engine.evaluate(request).await,

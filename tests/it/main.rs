@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::type_complexity, reason = "test code: a panic is a test failure")]
+
 //! The integration test binary: the real `httpjail` executable and the library API, against
 //! local upstreams on loopback only.
 //!
@@ -8,3 +10,4 @@
 mod support;
 
 mod cli;
+mod proxy;

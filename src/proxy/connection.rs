@@ -1,0 +1,291 @@
+//! One client connection: tell TLS from HTTP by the first byte, terminate TLS with a
+//! certificate for the SNI (or the CONNECT target), and serve HTTP/1.1 or HTTP/2 on it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::body::BoxError;
+use super::io::Rewind;
+use super::{ConnCtx, Entry, Shared};
+use crate::request_log::Record;
+use crate::rules::DenyReason;
+use crate::rules::request::normalize_host;
+use crate::shutdown::Shutdown;
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Plain text: HTTP/1.1, or HTTP/2 with prior knowledge.
+    Auto,
+    Http1,
+    Http2,
+}
+
+impl Shared {
+    pub(super) async fn accept(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        entry: Entry,
+        shutdown: Shutdown,
+    ) {
+        let original_dst = match entry {
+            Entry::Jail { .. } => crate::net::original_destination(&stream),
+            Entry::Proxy { .. } => None,
+        };
+        let ctx = ConnCtx {
+            client,
+            entry,
+            tunnel: None,
+            tls_name: None,
+            port: 0,
+            original_dst,
+            shutdown,
+        };
+        self.serve_stream(stream, ctx).await;
+    }
+
+    /// Serves a stream whose protocol is not known yet: a new connection or an opened tunnel.
+    pub(super) async fn serve_stream<I>(self: Arc<Self>, mut io: I, mut ctx: ConnCtx)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut first = vec![0u8; 1];
+        let handshake = self.settings.timeouts.client_handshake;
+        match tokio::time::timeout(handshake, io.read(&mut first)).await {
+            Ok(Ok(1)) => {}
+            // Closed, failed or silent: nothing was asked, nothing to log.
+            _ => return,
+        }
+        let io = Rewind::new(Bytes::from(first.clone()), io);
+        if first[0] == TLS_HANDSHAKE {
+            ctx.port = ctx
+                .tunnel
+                .as_ref()
+                .map_or(ctx.entry.transparent_port(true), |t| t.1);
+            self.serve_tls(io, ctx).await;
+        } else {
+            ctx.port = ctx
+                .tunnel
+                .as_ref()
+                .map_or(ctx.entry.transparent_port(false), |t| t.1);
+            self.serve_http(io, ctx, Protocol::Auto).await;
+        }
+    }
+
+    async fn serve_tls<I>(self: Arc<Self>, io: I, mut ctx: ConnCtx)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = self.settings.timeouts.client_handshake;
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let start = match tokio::time::timeout(handshake, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                self.log_unparsed(
+                    &ctx,
+                    "",
+                    DenyReason::MalformedRequest,
+                    format!("not a TLS client hello: {e}"),
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let sni = start
+            .client_hello()
+            .server_name()
+            .and_then(|name| normalize_host(name).ok());
+        // Inside a CONNECT tunnel the certificate is for the host the client asked for; the
+        // requests on it are then held to that host.
+        let name = match (&ctx.tunnel, sni) {
+            (Some((host, _)), _) => host.clone(),
+            (None, Some(sni)) => sni,
+            (None, None) => {
+                self.log_unparsed(
+                    &ctx,
+                    "",
+                    DenyReason::MalformedRequest,
+                    "TLS without SNI: the destination is unknown",
+                );
+                return;
+            }
+        };
+        let config = match self.interceptor.server_config(&name) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("cannot issue a certificate for `{name}`: {e}");
+                self.log_unparsed(
+                    &ctx,
+                    &name,
+                    DenyReason::MalformedRequest,
+                    "certificate issuance failed",
+                );
+                return;
+            }
+        };
+        let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                // Typically the client does not trust our CA; worth a diagnostic, not a record.
+                tracing::info!("TLS handshake with {} for `{name}` failed: {e}", ctx.client);
+                return;
+            }
+            Err(_) => return,
+        };
+        let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        ctx.tls_name = Some(name);
+        self.serve_http(tls, ctx, protocol).await;
+    }
+
+    async fn serve_http<I>(self: Arc<Self>, io: I, ctx: ConnCtx, protocol: Protocol)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let mut shutdown = ctx.shutdown.clone();
+        let this = self.clone();
+        let service_ctx = ctx.clone();
+        let service = service_fn(move |request| {
+            let this = this.clone();
+            let ctx = service_ctx.clone();
+            async move { Ok::<_, Infallible>(this.handle(request, ctx).await) }
+        });
+        let timeouts = &self.settings.timeouts;
+        let result = match protocol {
+            Protocol::Http2 => {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(self.settings.max_header_bytes as u32)
+                    .keep_alive_interval(Some(timeouts.idle / 4))
+                    .keep_alive_timeout(timeouts.client_handshake);
+                let conn = builder.serve_connection(io, service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+                .map_err(BoxError::from)
+            }
+            Protocol::Http1 => {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeouts.client_handshake)
+                    .max_buf_size(self.settings.max_header_bytes.max(8192));
+                let conn = builder.serve_connection(io, service).with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+                .map_err(BoxError::from)
+            }
+            Protocol::Auto => {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeouts.client_handshake)
+                    .max_buf_size(self.settings.max_header_bytes.max(8192));
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(self.settings.max_header_bytes as u32);
+                let conn = builder.serve_connection_with_upgrades(io, service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.connection_error(&ctx, &e);
+        }
+    }
+
+    /// A connection that ended in an error: malformed requests and oversized heads get their
+    /// one log record; hyper has already answered 400 / 431 where it could.
+    fn connection_error(&self, ctx: &ConnCtx, e: &BoxError) {
+        let Some(e) = e.downcast_ref::<hyper::Error>() else {
+            tracing::debug!("connection from {} ended: {e}", ctx.client);
+            return;
+        };
+        if e.is_parse_too_large() {
+            self.log_unparsed(
+                ctx,
+                "",
+                DenyReason::MalformedRequest,
+                "request head too large (431)",
+            );
+        } else if e.is_parse() || e.is_parse_status() {
+            self.log_unparsed(
+                ctx,
+                "",
+                DenyReason::MalformedRequest,
+                format!("malformed request: {e}"),
+            );
+        } else if e.is_timeout() {
+            tracing::debug!("connection from {} timed out: {e}", ctx.client);
+        } else {
+            tracing::debug!("connection from {} ended: {e}", ctx.client);
+        }
+    }
+
+    pub(super) fn log_unparsed(
+        &self,
+        ctx: &ConnCtx,
+        host: &str,
+        reason: DenyReason,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        tracing::info!("denied connection from {}: {message}", ctx.client);
+        let host = if host.is_empty() {
+            ctx.tunnel.as_ref().map_or("", |t| t.0.as_str())
+        } else {
+            host
+        };
+        let scheme = if ctx.tls_name.is_some() || ctx.port == 443 {
+            "https"
+        } else {
+            "http"
+        };
+        let record = Record::unparsed(
+            crate::config::canonical(ctx.client.ip()),
+            scheme,
+            host,
+            ctx.port,
+            reason,
+            message,
+        )
+        .with_original_dst(ctx.original_dst);
+        self.log.record(record);
+    }
+}

@@ -1,0 +1,761 @@
+//! One request: work out what the client is asking for, hold it to the host of the intercepted
+//! connection, ask the rule, then forward it or refuse it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{Completion, CountedBody, LoggedBody, ProxyBody, TxLimitReached, empty};
+use super::upstream::ConnectError;
+use super::{ConnCtx, LOOP_HEADER, Shared, headers, reject};
+use crate::config::canonical;
+use crate::request_log::Record;
+use crate::rules::request::{normalize_host, split_host_port};
+use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
+
+/// What a request is for, before it becomes a [`RuleRequest`].
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    path_and_query: String,
+}
+
+/// Why a request is refused before the rule is asked.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// 400: no usable host, bad URL.
+    Malformed(String),
+    /// An explicit proxy request on a transparent-only (jail) listener.
+    ExplicitProxy,
+    /// A Host / :authority different from the SNI or CONNECT target (421).
+    Fronting { expected: String, named: String },
+}
+
+/// Decides the target of a non-CONNECT request from the connection context and the request.
+fn target(
+    version: Version,
+    uri: &Uri,
+    host_header: Option<&str>,
+    ctx_tls_name: Option<&str>,
+    ctx_tunnel_host: Option<&str>,
+    port: u16,
+    allows_explicit: bool,
+) -> Result<Target, Refusal> {
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    let normalize = |named: &str| -> Result<String, Refusal> {
+        let (host, _port) = split_host_port(named)
+            .map_err(|e| Refusal::Malformed(format!("bad host `{named}`: {e}")))?;
+        normalize_host(host).map_err(|e| Refusal::Malformed(e.to_string()))
+    };
+    // Intercepted TLS or a CONNECT tunnel: the destination is already fixed; every name the
+    // request carries must agree with it.
+    if let Some(expected) = ctx_tls_name.or(ctx_tunnel_host) {
+        for named in [uri.authority().map(|a| a.as_str()), host_header]
+            .into_iter()
+            .flatten()
+        {
+            let host = normalize(named)?;
+            if host != expected {
+                return Err(Refusal::Fronting {
+                    expected: expected.to_owned(),
+                    named: host,
+                });
+            }
+        }
+        let scheme = if ctx_tls_name.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        return Ok(Target {
+            scheme,
+            host: expected.to_owned(),
+            port,
+            path_and_query,
+        });
+    }
+    // Absolute-form over HTTP/1: an explicit proxy request.
+    if version != Version::HTTP_2 && uri.scheme().is_some() {
+        if !allows_explicit {
+            return Err(Refusal::ExplicitProxy);
+        }
+        let scheme = uri
+            .scheme_str()
+            .and_then(Scheme::parse)
+            .ok_or_else(|| Refusal::Malformed(format!("unsupported scheme in `{uri}`")))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| Refusal::Malformed(format!("no host in `{uri}`")))?;
+        let host = normalize_host(host).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        return Ok(Target {
+            scheme,
+            host,
+            port: uri.port_u16().unwrap_or(scheme.default_port()),
+            path_and_query,
+        });
+    }
+    // Transparent plain HTTP (or h2c): routed by Host / :authority, to the port the client
+    // connected to. A port in the Host header changes nothing.
+    let named = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or(host_header)
+        .ok_or_else(|| {
+            Refusal::Malformed("no Host header: the destination is unknown".to_owned())
+        })?;
+    Ok(Target {
+        scheme: Scheme::Http,
+        host: normalize(named)?,
+        port,
+        path_and_query,
+    })
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `host[:port]` as it appears in a URL (IPv6 in brackets, default port omitted).
+fn authority(request: &RuleRequest) -> String {
+    let host = if request.host.contains(':') {
+        format!("[{}]", request.host)
+    } else {
+        request.host.clone()
+    };
+    if request.port == request.scheme.default_port() {
+        host
+    } else {
+        format!("{host}:{}", request.port)
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Shared {
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        ctx: ConnCtx,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        if request.method() == Method::CONNECT {
+            return self.connect(request, ctx);
+        }
+        let host_header = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let target = target(
+            request.version(),
+            request.uri(),
+            host_header,
+            ctx.tls_name.as_deref(),
+            ctx.tunnel.as_ref().map(|t| t.0.as_str()),
+            ctx.port,
+            ctx.entry.allows_explicit(),
+        );
+        let target = match target {
+            Ok(target) => target,
+            Err(refusal) => return self.refuse(refusal, &request, &ctx),
+        };
+        let client_ip = canonical(ctx.client.ip());
+        let rule_request = match RuleRequest::new(
+            request.method().as_str(),
+            target.scheme,
+            &target.host,
+            target.port,
+            &target.path_and_query,
+            client_ip,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                self.log_unparsed(
+                    &ctx,
+                    &target.host,
+                    DenyReason::MalformedRequest,
+                    e.to_string(),
+                );
+                return reject::bad_request(&e.to_string());
+            }
+        };
+        let looped = request
+            .headers()
+            .get(LOOP_HEADER)
+            .is_some_and(|v| v.as_bytes() == self.loop_token.as_bytes());
+        let decision = if looped {
+            Decision::deny_with(
+                DenyReason::LoopDetected,
+                "the request came back to the proxy that sent it",
+            )
+        } else {
+            self.engine.evaluate(&rule_request).await
+        };
+        match decision {
+            Decision::Deny { reason, message } => {
+                self.deny(&rule_request, reason, message, &ctx, started)
+            }
+            Decision::Allow { max_tx_bytes } => {
+                self.forward(request, rule_request, max_tx_bytes, &ctx, started)
+                    .await
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        request: &Request<Incoming>,
+        ctx: &ConnCtx,
+    ) -> Response<ProxyBody> {
+        match refusal {
+            Refusal::Malformed(why) => {
+                self.log_unparsed(ctx, "", DenyReason::MalformedRequest, why.clone());
+                reject::bad_request(&why)
+            }
+            Refusal::ExplicitProxy => {
+                let why =
+                    "this listener only takes transparent connections; proxy requests are refused";
+                self.log_unparsed(
+                    ctx,
+                    request.uri().host().unwrap_or(""),
+                    DenyReason::ExplicitProxyRefused,
+                    why,
+                );
+                reject::denied(
+                    request.method().as_str(),
+                    &request.uri().to_string(),
+                    DenyReason::ExplicitProxyRefused,
+                    Some(why),
+                )
+            }
+            Refusal::Fronting { expected, named } => {
+                let why = format!("the request names `{named}` on a connection to `{expected}`");
+                let url = format!("https://{named}{}", request.uri().path());
+                self.log_unparsed(ctx, &named, DenyReason::DomainFronting, why.clone());
+                reject::denied(
+                    request.method().as_str(),
+                    &url,
+                    DenyReason::DomainFronting,
+                    Some(&why),
+                )
+            }
+        }
+    }
+
+    fn deny(
+        &self,
+        request: &RuleRequest,
+        reason: DenyReason,
+        message: Option<String>,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let response = reject::denied(&request.method, &request.url, reason, message.as_deref());
+        tracing::info!("deny {} {} ({reason})", request.method, request.url);
+        let mut record = Record::for_request(request, &Decision::Deny { reason, message })
+            .with_original_dst(ctx.original_dst);
+        record.status = Some(response.status().as_u16());
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.log.record(record);
+        response
+    }
+
+    /// A CONNECT opens a tunnel only to intercept it: the stream inside is served like a new
+    /// connection bound to the requested host and port. The CONNECT itself is not shown to
+    /// the rule; every request inside is.
+    fn connect(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        ctx: ConnCtx,
+    ) -> Response<ProxyBody> {
+        if !ctx.entry.allows_explicit() || ctx.tunnel.is_some() || ctx.tls_name.is_some() {
+            return self.refuse(Refusal::ExplicitProxy, &request, &ctx);
+        }
+        let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+            return self.refuse(
+                Refusal::Malformed("CONNECT without host:port".to_owned()),
+                &request,
+                &ctx,
+            );
+        };
+        let parsed = split_host_port(&authority)
+            .map_err(|e| e.to_string())
+            .and_then(|(host, port)| {
+                normalize_host(host)
+                    .map(|h| (h, port.unwrap_or(443)))
+                    .map_err(|e| e.to_string())
+            });
+        let (host, port) = match parsed {
+            Ok(hp) => hp,
+            Err(why) => {
+                return self.refuse(
+                    Refusal::Malformed(format!("CONNECT {authority}: {why}")),
+                    &request,
+                    &ctx,
+                );
+            }
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let tunnel_ctx = ConnCtx {
+            tunnel: Some((host, port)),
+            tls_name: None,
+            port,
+            ..ctx
+        };
+        let this = self.clone();
+        // Boxed: the tunnel is served by the same code that serves connections, which is what
+        // called us; a concrete future type here would be infinitely recursive.
+        let serve: BoxFuture = Box::pin(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => this.serve_stream(TokioIo::new(upgraded), tunnel_ctx).await,
+                Err(e) => tracing::debug!("CONNECT tunnel was not opened: {e}"),
+            }
+        });
+        tokio::spawn(serve);
+        Response::new(empty())
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        rule_request: RuleRequest,
+        max_tx_bytes: Option<u64>,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let upgrade =
+            request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let client_version = request.version();
+        let (mut parts, body) = request.into_parts();
+        let uri: Uri = match rule_request.url.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return reject::bad_request(&format!("cannot forward `{}`: {e}", rule_request.url));
+            }
+        };
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(header::HOST);
+        if let Ok(token) = HeaderValue::from_str(&self.loop_token) {
+            parts.headers.insert(LOOP_HEADER, token);
+        }
+        let authority = authority(&rule_request);
+        let path = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let mut head = headers::head_size(
+            parts.method.as_str(),
+            &path,
+            &parts.headers,
+            Some(&authority),
+        );
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) && !body.is_end_stream() {
+            // An HTTP/1.1 upstream gets this body chunked, announced by one more header line.
+            head += "transfer-encoding: chunked\r\n".len() as u64;
+        }
+        let mut body_limit = None;
+        if let Some(max) = max_tx_bytes {
+            let declared = content_length(&parts.headers).unwrap_or(0);
+            if head + declared > max {
+                return self.too_large(&rule_request, head + declared, max, ctx, started);
+            }
+            body_limit = Some(max - head);
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let sent = Arc::new(AtomicU64::new(0));
+        let body = CountedBody::new(body, sent.clone(), body_limit).boxed();
+        let client = if upgrade {
+            &self.client_h1
+        } else {
+            &self.client
+        };
+        let pending = client.request(Request::from_parts(parts, body));
+        let response =
+            match tokio::time::timeout(self.settings.timeouts.upstream_headers, pending).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    return self.upstream_failed(&rule_request, &e, ctx, started, max_tx_bytes);
+                }
+                Err(_) => {
+                    let response =
+                        reject::gateway_timeout(&rule_request.url, "no response headers in time");
+                    return self.log_failure(&rule_request, response, ctx, started);
+                }
+            };
+        let mut response = response;
+        let upstream_upgrade = (upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| hyper::upgrade::on(&mut response));
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
+        parts.version = client_version;
+        if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upstream_upgrade) {
+            tokio::spawn(splice_upgrade(
+                client_side,
+                upstream_side,
+                rule_request.url.clone(),
+            ));
+        }
+        tracing::debug!(
+            "allow {} {} → {}",
+            rule_request.method,
+            rule_request.url,
+            parts.status
+        );
+        let mut record = Record::for_request(&rule_request, &Decision::ALLOW)
+            .with_original_dst(ctx.original_dst);
+        record.status = Some(parts.status.as_u16());
+        let completion = Completion {
+            log: self.log.clone(),
+            record,
+            started,
+            head_bytes: head,
+            body_sent: sent,
+        };
+        Response::from_parts(parts, LoggedBody::new(body, completion).boxed())
+    }
+
+    fn too_large(
+        &self,
+        request: &RuleRequest,
+        size: u64,
+        max: u64,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let response = reject::too_large(size, max);
+        let mut record = Record::for_request(
+            request,
+            &Decision::deny_with(
+                DenyReason::TxLimit,
+                format!("{size} bytes > max_tx_bytes {max}"),
+            ),
+        )
+        .with_original_dst(ctx.original_dst);
+        record.status = Some(413);
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.log.record(record);
+        response
+    }
+
+    fn upstream_failed(
+        &self,
+        request: &RuleRequest,
+        error: &hyper_util::client::legacy::Error,
+        ctx: &ConnCtx,
+        started: Instant,
+        max_tx_bytes: Option<u64>,
+    ) -> Response<ProxyBody> {
+        let as_dyn: &(dyn std::error::Error + 'static) = error;
+        if let Some(cut) = find::<TxLimitReached>(as_dyn)
+            && let Some(max) = max_tx_bytes
+        {
+            tracing::info!("{} {}: {cut}", request.method, request.url);
+            let mut record = Record::for_request(
+                request,
+                &Decision::deny_with(DenyReason::TxLimit, cut.to_string()),
+            )
+            .with_original_dst(ctx.original_dst);
+            record.status = Some(413);
+            record.bytes_up = max;
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            self.log.record(record);
+            return reject::too_large(max.saturating_add(1), max);
+        }
+        match ConnectError::find(as_dyn) {
+            Some(e @ ConnectError::PrivateAddress { .. }) => self.deny(
+                request,
+                DenyReason::PrivateAddress,
+                Some(e.to_string()),
+                ctx,
+                started,
+            ),
+            Some(e @ ConnectError::Timeout { .. }) => {
+                let response = reject::gateway_timeout(&request.url, &e.to_string());
+                self.log_failure(request, response, ctx, started)
+            }
+            Some(e) => {
+                let why = chain(e);
+                tracing::info!("{} {}: {why}", request.method, request.url);
+                let response = reject::bad_gateway(&request.url, &why);
+                self.log_failure(request, response, ctx, started)
+            }
+            None => {
+                let why = chain(as_dyn);
+                tracing::info!("{} {}: {why}", request.method, request.url);
+                let response = reject::bad_gateway(&request.url, &why);
+                self.log_failure(request, response, ctx, started)
+            }
+        }
+    }
+
+    /// An allowed request whose upstream failed: logged as allowed, with the error status.
+    fn log_failure(
+        &self,
+        request: &RuleRequest,
+        response: Response<ProxyBody>,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let mut record =
+            Record::for_request(request, &Decision::ALLOW).with_original_dst(ctx.original_dst);
+        record.status = Some(response.status().as_u16());
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.log.record(record);
+        response
+    }
+}
+
+/// Copies both ways between the client and the upstream once both agreed to switch protocols.
+async fn splice_upgrade(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    url: String,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!("upgraded connection for {url} ended: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("protocol upgrade for {url} failed: {e}"),
+    }
+}
+
+fn find<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// An error and its causes on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(
+        version: Version,
+        uri: &str,
+        host: Option<&str>,
+        tls: Option<&str>,
+        tunnel: Option<&str>,
+        port: u16,
+        explicit: bool,
+    ) -> Result<Target, Refusal> {
+        target(
+            version,
+            &uri.parse().unwrap(),
+            host,
+            tls,
+            tunnel,
+            port,
+            explicit,
+        )
+    }
+
+    #[test]
+    fn transparent_http_uses_host_header_and_connection_port() {
+        let got = t(
+            Version::HTTP_11,
+            "/a?b=1",
+            Some("Name.Test:8080"),
+            None,
+            None,
+            80,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Target {
+                scheme: Scheme::Http,
+                host: "name.test".into(),
+                port: 80,
+                path_and_query: "/a?b=1".into()
+            },
+            "the port in the Host header must not change the upstream port"
+        );
+    }
+
+    #[test]
+    fn transparent_without_host_is_malformed() {
+        assert!(matches!(
+            t(Version::HTTP_11, "/", None, None, None, 80, false),
+            Err(Refusal::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn absolute_form_is_explicit_and_refused_on_jail_listeners() {
+        let got = t(
+            Version::HTTP_11,
+            "http://a.test:8080/x",
+            Some("a.test:8080"),
+            None,
+            None,
+            80,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (got.host.as_str(), got.port, got.scheme),
+            ("a.test", 8080, Scheme::Http)
+        );
+        assert_eq!(
+            t(
+                Version::HTTP_11,
+                "http://a.test/x",
+                None,
+                None,
+                None,
+                80,
+                false
+            ),
+            Err(Refusal::ExplicitProxy)
+        );
+    }
+
+    #[test]
+    fn intercepted_tls_requires_matching_host() {
+        let ok = t(
+            Version::HTTP_11,
+            "/p",
+            Some("API.test:443"),
+            Some("api.test"),
+            None,
+            443,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.scheme, ok.host.as_str(), ok.port),
+            (Scheme::Https, "api.test", 443)
+        );
+        let fronted = t(
+            Version::HTTP_11,
+            "/p",
+            Some("evil.test"),
+            Some("api.test"),
+            None,
+            443,
+            true,
+        );
+        assert_eq!(
+            fronted,
+            Err(Refusal::Fronting {
+                expected: "api.test".into(),
+                named: "evil.test".into()
+            })
+        );
+        let h2 = t(
+            Version::HTTP_2,
+            "https://evil.test/p",
+            None,
+            Some("api.test"),
+            None,
+            443,
+            true,
+        );
+        assert!(matches!(h2, Err(Refusal::Fronting { .. })));
+        let h2_ok = t(
+            Version::HTTP_2,
+            "https://api.test/p",
+            None,
+            Some("api.test"),
+            None,
+            443,
+            true,
+        )
+        .unwrap();
+        assert_eq!(h2_ok.path_and_query, "/p");
+    }
+
+    #[test]
+    fn plain_http_in_a_tunnel_keeps_tunnel_host_and_port() {
+        let ok = t(
+            Version::HTTP_11,
+            "/x",
+            Some("a.test"),
+            None,
+            Some("a.test"),
+            8080,
+            true,
+        )
+        .unwrap();
+        assert_eq!((ok.scheme, ok.port), (Scheme::Http, 8080));
+        assert!(matches!(
+            t(
+                Version::HTTP_11,
+                "/x",
+                Some("b.test"),
+                None,
+                Some("a.test"),
+                8080,
+                true
+            ),
+            Err(Refusal::Fronting { .. })
+        ));
+        // No Host header at all: the tunnel target is the destination.
+        assert!(
+            t(
+                Version::HTTP_11,
+                "/x",
+                None,
+                None,
+                Some("a.test"),
+                8080,
+                true
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn authority_omits_default_port_and_brackets_ipv6() {
+        let r = RuleRequest::from_url("GET", "https://[::1]:8443/", RuleRequest::local_requester())
+            .unwrap();
+        assert_eq!(authority(&r), "[::1]:8443");
+        let r = RuleRequest::from_url("GET", "https://a.test/", RuleRequest::local_requester())
+            .unwrap();
+        assert_eq!(authority(&r), "a.test");
+    }
+}

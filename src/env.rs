@@ -110,3 +110,117 @@ impl Environment for MapEnv {
         self.0.get(name).cloned()
     }
 }
+
+/// Variables removed from the command's environment because they would route traffic around
+/// our proxy or point TLS at other roots.
+const STRIPPED: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// What the command's environment must say about our proxy and CA (SPEC section 4).
+#[derive(Debug, Clone)]
+pub struct CommandEnv<'a> {
+    /// `http://127.0.0.1:PORT` in weak mode; `None` in strong mode (no proxy variables).
+    pub proxy_url: Option<&'a str>,
+    /// The bundle with our CA and the system roots.
+    pub ca_bundle: &'a std::path::Path,
+    /// A directory of hashed certificates (OpenSSL `SSL_CERT_DIR` layout).
+    pub ca_dir: &'a std::path::Path,
+}
+
+/// The command's complete environment: httpjail's own, minus proxy variables, plus ours.
+pub fn command_env(
+    base: impl IntoIterator<Item = (OsString, OsString)>,
+    ours: &CommandEnv<'_>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = base
+        .into_iter()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !STRIPPED.contains(&k.as_ref())
+                && !CA_FILE_VARS.contains(&k.as_ref())
+                && k != CA_DIR_VAR
+        })
+        .collect();
+    if let Some(url) = ours.proxy_url {
+        for var in PROXY_VARS {
+            env.push((var.into(), url.into()));
+        }
+    }
+    for var in NO_PROXY_VARS {
+        env.push((var.into(), NO_PROXY_VALUE.into()));
+    }
+    for var in CA_FILE_VARS {
+        env.push((var.into(), ours.ca_bundle.as_os_str().to_owned()));
+    }
+    env.push((CA_DIR_VAR.into(), ours.ca_dir.as_os_str().to_owned()));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn get<'a>(env: &'a [(OsString, OsString)], key: &str) -> Vec<&'a OsString> {
+        env.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    #[test]
+    fn weak_env_sets_proxies_and_every_ca_variable_once() {
+        let base = vec![
+            ("PATH".into(), "/bin".into()),
+            ("HTTPS_PROXY".into(), "http://corp:3128".into()),
+            ("ALL_PROXY".into(), "socks5://elsewhere:1080".into()),
+            ("SSL_CERT_FILE".into(), "/other.pem".into()),
+        ];
+        let env = command_env(
+            base,
+            &CommandEnv {
+                proxy_url: Some("http://127.0.0.1:4000"),
+                ca_bundle: Path::new("/run/b.pem"),
+                ca_dir: Path::new("/run/certs"),
+            },
+        );
+        assert_eq!(get(&env, "PATH"), ["/bin"]);
+        for var in PROXY_VARS {
+            assert_eq!(get(&env, var), ["http://127.0.0.1:4000"], "{var}");
+        }
+        assert!(
+            get(&env, "ALL_PROXY").is_empty(),
+            "a SOCKS proxy would bypass ours"
+        );
+        for var in CA_FILE_VARS {
+            assert_eq!(get(&env, var), ["/run/b.pem"], "{var}");
+        }
+        assert_eq!(get(&env, "SSL_CERT_DIR"), ["/run/certs"]);
+        assert_eq!(get(&env, "NO_PROXY"), [NO_PROXY_VALUE]);
+        assert_eq!(get(&env, "no_proxy"), [NO_PROXY_VALUE]);
+    }
+
+    #[test]
+    fn strong_env_has_no_proxy_variables() {
+        let env = command_env(
+            vec![("HTTP_PROXY".into(), "http://x".into())],
+            &CommandEnv {
+                proxy_url: None,
+                ca_bundle: Path::new("/b"),
+                ca_dir: Path::new("/d"),
+            },
+        );
+        for var in PROXY_VARS {
+            assert!(get(&env, var).is_empty(), "{var}");
+        }
+        assert_eq!(get(&env, "CURL_CA_BUNDLE"), ["/b"]);
+    }
+}

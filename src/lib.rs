@@ -10,6 +10,8 @@
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
 pub mod app;
+pub mod cert_dir;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod diagnostics;
@@ -20,3 +22,4 @@ pub mod proxy;
 pub mod request_log;
 pub mod rules;
 pub mod shutdown;
+pub mod signals;

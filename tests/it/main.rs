@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::type_complexity, reason = "test code: a panic is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::type_complexity,
+    reason = "test code: a panic is a test failure"
+)]
 
 //! The integration test binary: the real `httpjail` executable and the library API, against
 //! local upstreams on loopback only.

@@ -7,7 +7,7 @@
 //! proxy's `mitm` code does the handshakes) and never reads the process environment (where the
 //! CA lives comes from [`CaLocation`], resolved by `config`).
 //!
-//! - [`store`](self): load or create the CA files, atomically and under a lock, with 0600 keys;
+//! - `store`: load or create the CA files, atomically and under a lock, with 0600 keys;
 //!   an existing CA that is corrupt, incomplete or mismatched is an error, never replaced.
 //! - `leaf`: leaf issuance and the bounded cache of per-name server configurations.
 //! - `roots`: the system roots, the child's CA bundle and [`upstream_roots`].
@@ -147,11 +147,12 @@ pub enum Error {
         path.display()
     )]
     NotYetValid { path: PathBuf, not_before: String },
-    #[error(
-        "`{}` is not a CA certificate (it lacks basicConstraints CA:TRUE); {remedy}",
-        path.display()
-    )]
-    NotCa { path: PathBuf, remedy: String },
+    #[error("`{}` cannot issue certificates: {why}; {remedy}", path.display())]
+    NotCa {
+        path: PathBuf,
+        why: &'static str,
+        remedy: String,
+    },
     #[error("generate the {what}")]
     Generate {
         what: &'static str,

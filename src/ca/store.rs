@@ -202,12 +202,23 @@ fn validate(cert_pem: &[u8], key_pem: &[u8], location: &CaLocation) -> Result<Lo
             remedy: remedy(location),
         });
     }
-    let is_ca = matches!(x509.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
-    if !is_ca {
-        return Err(Error::NotCa {
-            path: location.cert.clone(),
-            remedy: remedy(location),
-        });
+    let not_ca = |why| Error::NotCa {
+        path: location.cert.clone(),
+        why,
+        remedy: remedy(location),
+    };
+    if !matches!(x509.basic_constraints(), Ok(Some(bc)) if bc.value.ca) {
+        return Err(not_ca(
+            "it is not a CA certificate (no basicConstraints CA:TRUE)",
+        ));
+    }
+    // rcgen would sign with it anyway, and every client would then reject the leaves.
+    match x509.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            return Err(not_ca("its keyUsage does not include keyCertSign"));
+        }
+        Err(_) => return Err(not_ca("its keyUsage extension cannot be parsed")),
+        Ok(_) => {}
     }
     let validity = x509.validity();
     let now = SystemTime::now();

@@ -348,8 +348,25 @@ fn a_certificate_that_is_not_a_ca_is_rejected() {
     let key_path = tmp.path().join("leaf.key");
     fs::write(&cert_path, cert.pem()).unwrap();
     fs::write(&key_path, key.serialize_pem()).unwrap();
-    let err = Authority::load_or_create(&user_supplied(cert_path, key_path)).unwrap_err();
+    let err =
+        Authority::load_or_create(&user_supplied(cert_path.clone(), key_path.clone())).unwrap_err();
     assert!(matches!(err, Error::NotCa { .. }), "{err:?}");
+    assert!(err.to_string().contains("basicConstraints"), "{err}");
+
+    // A CA whose keyUsage forbids signing certificates.
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    fs::write(&cert_path, params.self_signed(&key).unwrap().pem()).unwrap();
+    let err = Authority::load_or_create(&user_supplied(cert_path, key_path)).unwrap_err();
+    assert!(err.to_string().contains("keyCertSign"), "{err}");
+}
+
+#[test]
+fn authority_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Authority>();
+    assert_send_sync::<Error>();
 }
 
 #[test]
@@ -1057,6 +1074,16 @@ fn known_stores_describe_the_distributions() {
         Path::new("/etc/pki/ca-trust/source/anchors/httpjail-ca.pem")
     );
     assert_eq!(fedora.update_cmd, ["update-ca-trust", "extract"]);
+    let known = TrustStore::known();
+    let mut dirs: Vec<&Path> = known.iter().map(TrustStore::anchor_dir).collect();
+    dirs.sort();
+    dirs.dedup();
+    assert_eq!(dirs.len(), known.len(), "detection is unambiguous");
+    assert!(
+        known
+            .iter()
+            .all(|s| s.anchor.file_stem().unwrap() == trust::ANCHOR_NAME)
+    );
 }
 
 #[test]

@@ -61,9 +61,31 @@ impl TrustStore {
         }
     }
 
+    /// Arch Linux and derivatives (p11-kit's `update-ca-trust`).
+    pub fn arch() -> Self {
+        Self {
+            name: "Arch".to_owned(),
+            anchor: PathBuf::from(format!(
+                "/etc/ca-certificates/trust-source/anchors/{ANCHOR_NAME}.crt"
+            )),
+            bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            update_cmd: vec!["update-ca-trust".into()],
+        }
+    }
+
+    /// openSUSE and SLES (`update-ca-certificates` over `/etc/pki/trust/anchors`).
+    pub fn suse() -> Self {
+        Self {
+            name: "openSUSE/SLES".to_owned(),
+            anchor: PathBuf::from(format!("/etc/pki/trust/anchors/{ANCHOR_NAME}.pem")),
+            bundle: PathBuf::from("/etc/ssl/ca-bundle.pem"),
+            update_cmd: vec!["update-ca-certificates".into()],
+        }
+    }
+
     /// Every layout httpjail knows, in detection order.
     pub fn known() -> Vec<Self> {
-        vec![Self::debian(), Self::fedora()]
+        vec![Self::debian(), Self::fedora(), Self::arch(), Self::suse()]
     }
 
     /// The first known layout whose anchor directory exists on this machine.

@@ -19,6 +19,9 @@ pub fn run(config: Config) -> Result<i32, Error> {
 async fn run_async(config: Config) -> Result<i32, Error> {
     match &config.mode {
         Mode::Test { method, url } => test(&config, method, url).await,
+        Mode::Trust(action) => {
+            crate::ca::trust::run(*action, &config.ca).map_err(|e| Error::Message(e.chain()))
+        }
         other => Err(Error::Message(format!(
             "{} is not available in this build yet",
             mode_name(other)

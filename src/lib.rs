@@ -5,11 +5,13 @@
 //! - [`cli`]: command-line syntax; [`config`]: validated configuration; [`env`]: variable names.
 //! - [`app`]: orchestration of a run, the only module that knows both proxy and jails.
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
+//! - [`ca`]: the certificate authority, leaf certificates, CA bundles and `httpjail trust`.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
 //!
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
 pub mod app;
+pub mod ca;
 pub mod cert_dir;
 pub mod child;
 pub mod cli;

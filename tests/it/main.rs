@@ -10,8 +10,10 @@
 //! One binary (faster to link than one per file). Modules:
 //! - `support`: builders for the binary, temporary homes, local upstream servers.
 //! - `cli`: usage errors and `--help` (no network).
+//! - `ca`: the CA through `httpjail trust` (several processes at once) and leaves over loopback TLS.
 
 mod support;
 
+mod ca;
 mod cli;
 mod proxy;

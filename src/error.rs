@@ -30,6 +30,8 @@ pub enum Error {
     Config(#[from] crate::config::Error),
     #[error(transparent)]
     Rules(#[from] crate::rules::Error),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::Error),
     #[error("{0}")]
     Message(String),
     #[error("{what}")]
@@ -59,6 +61,21 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         exit_code::HTTPJAIL_FAILED
     }
+}
+
+/// An error and its causes on one line (for messages embedded in another error).
+pub fn render_inline(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Renders an error the one way httpjail prints errors:

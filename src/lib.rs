@@ -23,5 +23,6 @@ pub mod net;
 pub mod proxy;
 pub mod request_log;
 pub mod rules;
+pub mod runtime_dir;
 pub mod shutdown;
 pub mod signals;

@@ -592,26 +592,8 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    /// The Python example of the reference documentation (Line Processor > Python Example).
-    pub(crate) const DOCS_PYTHON: &str = r#"#!/usr/bin/env python3
-import sys, json
-allowed_hosts = {'github.com', 'api.github.com'}
-upload_hosts = {'uploads.example.com'}
-for line in sys.stdin:
-    try:
-        req = json.loads(line)
-        if req['host'] in allowed_hosts:
-            print("true")
-        elif req['host'] in upload_hosts:
-            response = {"allow": {"max_tx_bytes": 1024}}
-            print(json.dumps(response))
-        else:
-            response = {"allow": False, "deny_message": f"{req['host']} not allowed"}
-            print(json.dumps(response))
-    except:
-        print("Invalid request")
-    sys.stdout.flush()
-"#;
+    /// A processor that behaves like the Python example of the reference documentation.
+    const DOCS_PYTHON: &str = include_str!("../../tests/fixtures/docs_filter.py");
 
     fn request(host: &str) -> RuleRequest {
         RuleRequest::from_url(

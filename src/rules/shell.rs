@@ -348,6 +348,22 @@ mod tests {
         assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
+    #[tokio::test]
+    async fn a_cancelled_evaluation_kills_the_rule() {
+        // The proxy drops an evaluation when its client goes away: the rule must not live on.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let e = engine(&format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
+        let r = request("https://a.test/");
+        let mut evaluation = Box::pin(e.evaluate(&r));
+        let pid = tokio::select! {
+            d = &mut evaluation => panic!("finished early: {d:?}"),
+            pid = poll_pid_file(&pidfile) => pid,
+        };
+        drop(evaluation);
+        wait_gone(pid).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn evaluations_run_concurrently() {
         let e = std::sync::Arc::new(engine("sleep 0.5"));

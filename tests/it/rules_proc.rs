@@ -94,6 +94,26 @@ fn garbage_is_a_deny_with_the_text() {
 }
 
 #[test]
+fn stderr_of_the_processor_goes_to_the_diagnostics() {
+    let home = TestHome::new();
+    let out = run(home.httpjail().args([
+        "-v",
+        "--proc",
+        "while read -r l; do echo 'saw a request' >&2; echo true; done",
+        "--test",
+        "https://a.test/",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "ALLOW GET https://a.test/\n", "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("saw a request"))
+        .unwrap_or_else(|| panic!("stderr line not forwarded: {out:?}"));
+    assert!(line.starts_with("httpjail:"), "{out:?}");
+}
+
+#[test]
 fn a_processor_that_exits_at_once_denies_promptly_and_says_so() {
     let home = TestHome::new();
     let started = Instant::now();

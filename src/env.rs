@@ -21,6 +21,8 @@ pub const UPSTREAM_CA: &str = "HTTPJAIL_UPSTREAM_CA";
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Set by CI; makes root-only tests fail instead of skipping when a prerequisite is missing.
 pub const CI: &str = "CI";
+/// Where a bare `--sh` / `--proc` program name is looked up, as `execvp` would.
+pub const PATH: &str = "PATH";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const HOME: &str = "HOME";
 pub const SUDO_USER: &str = "SUDO_USER";

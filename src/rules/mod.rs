@@ -13,6 +13,7 @@ pub mod answer;
 pub mod decision;
 pub mod js;
 pub mod line_processor;
+pub mod program;
 pub mod request;
 pub mod shell;
 

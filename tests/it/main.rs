@@ -11,9 +11,13 @@
 //! - `support`: builders for the binary, temporary homes, local upstream servers.
 //! - `cli`: usage errors and `--help` (no network).
 //! - `ca`: the CA through `httpjail trust` (several processes at once) and leaves over loopback TLS.
+//! - `proxy`: the proxy in-process against local upstreams, curl as the client.
+//! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
 
 mod support;
 
 mod ca;
 mod cli;
 mod proxy;
+mod rules_proc;
+mod rules_sh;

@@ -33,7 +33,7 @@ impl Interceptor for Authority {
 
 /// Runs the configured mode; returns the process exit code.
 pub fn run(config: Config) -> Result<i32, Error> {
-    // Signals must be blocked before the runtime creates its threads (see `signals`).
+    // Our handlers go in before anything else runs (see `signals`).
     let signals = match config.mode {
         Mode::Run { .. } | Mode::DockerRun { .. } => {
             Some(signals::listen().map_err(|e| Error::io("set up signal handling", e))?)
@@ -52,7 +52,10 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
     match &config.mode {
         Mode::Test { method, url } => test(&config, method, url).await,
         Mode::Trust(action) => Ok(crate::ca::trust::run(*action, &config.ca)?),
-        Mode::Server { http_bind, https_bind } => server(&config, *http_bind, *https_bind).await,
+        Mode::Server {
+            http_bind,
+            https_bind,
+        } => server(&config, *http_bind, *https_bind).await,
         Mode::Run {
             command,
             jail: JailKind::Weak,
@@ -67,7 +70,10 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
 
 fn mode_name(mode: &Mode) -> &'static str {
     match mode {
-        Mode::Run { jail: JailKind::Strong, .. } => "strong mode (use --weak for now)",
+        Mode::Run {
+            jail: JailKind::Strong,
+            ..
+        } => "strong mode (use --weak for now)",
         Mode::Run { .. } => "running a command",
         Mode::Server { .. } => "--server",
         Mode::Test { .. } => "--test",
@@ -89,7 +95,10 @@ async fn test(config: &Config, method: &str, url: &str) -> Result<i32, Error> {
     Ok(print_test_result(&request, &decision))
 }
 
-#[expect(clippy::print_stdout, reason = "--test prints its verdict on stdout by contract")]
+#[expect(
+    clippy::print_stdout,
+    reason = "--test prints its verdict on stdout by contract"
+)]
 fn print_test_result(request: &RuleRequest, decision: &Decision) -> i32 {
     match decision {
         Decision::Allow { max_tx_bytes } => {
@@ -154,8 +163,9 @@ impl Services {
     fn serve(&mut self, listener: TcpListener, entry: Entry) {
         let proxy = self.proxy.clone();
         let shutdown = self.trigger.subscribe();
-        self.tasks
-            .push(tokio::spawn(async move { proxy.serve(listener, entry, shutdown).await }));
+        self.tasks.push(tokio::spawn(async move {
+            proxy.serve(listener, entry, shutdown).await
+        }));
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), stops the engine, flushes
@@ -194,7 +204,8 @@ impl CommandFiles {
         };
         write("ca-bundle.pem", &bundle)?;
         let certs = dir.path().join("certs");
-        std::fs::create_dir(&certs).map_err(|e| Error::io(format!("create `{}`", certs.display()), e))?;
+        std::fs::create_dir(&certs)
+            .map_err(|e| Error::io(format!("create `{}`", certs.display()), e))?;
         crate::cert_dir::write_hashed(&certs, authority.cert_der(), authority.cert_pem())
             .map_err(|e| Error::io(format!("write the CA into `{}`", certs.display()), e))?;
         Ok(Self { dir })
@@ -245,7 +256,10 @@ async fn weak(config: &Config, command: &[OsString], mut signals: Signals) -> Re
 }
 
 fn report_outcome(command: &[OsString], outcome: Outcome) {
-    let program = command.first().map(|p| p.to_string_lossy()).unwrap_or_default();
+    let program = command
+        .first()
+        .map(|p| p.to_string_lossy())
+        .unwrap_or_default();
     match outcome {
         Outcome::NotFound => eprintln!("httpjail: error: command `{program}` not found"),
         Outcome::NotExecutable => {
@@ -257,7 +271,11 @@ fn report_outcome(command: &[OsString], outcome: Outcome) {
 }
 
 /// Server mode: both listeners until SIGINT or SIGTERM, then a graceful stop.
-async fn server(config: &Config, http_bind: SocketAddr, https_bind: SocketAddr) -> Result<i32, Error> {
+async fn server(
+    config: &Config,
+    http_bind: SocketAddr,
+    https_bind: SocketAddr,
+) -> Result<i32, Error> {
     let mut services = Services::start(config).await?;
     let bind = |addr: SocketAddr, var: &'static str| async move {
         TcpListener::bind(addr)
@@ -266,8 +284,12 @@ async fn server(config: &Config, http_bind: SocketAddr, https_bind: SocketAddr) 
     };
     let http = bind(http_bind, env::HTTP_BIND).await?;
     let https = bind(https_bind, env::HTTPS_BIND).await?;
-    let http_addr = http.local_addr().map_err(|e| Error::io("read the HTTP address", e))?;
-    let https_addr = https.local_addr().map_err(|e| Error::io("read the HTTPS address", e))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::io("read the HTTP address", e))?;
+    let https_addr = https
+        .local_addr()
+        .map_err(|e| Error::io("read the HTTPS address", e))?;
     services.serve(http, Entry::PROXY);
     services.serve(https, Entry::PROXY);
     eprintln!("httpjail: server: HTTP proxy listening on {http_addr}");
@@ -284,7 +306,10 @@ async fn server(config: &Config, http_bind: SocketAddr, https_bind: SocketAddr) 
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can only run until killed.
         std::future::pending::<()>().await;
         return;
@@ -297,7 +322,8 @@ async fn wait_for_stop_signal() {
 
 /// `--cleanup`: remove what killed runs left behind.
 fn cleanup() -> Result<i32, Error> {
-    let removed = crate::runtime_dir::cleanup_stale().map_err(|e| Error::io("clean up run directories", e))?;
+    let removed = crate::runtime_dir::cleanup_stale()
+        .map_err(|e| Error::io("clean up run directories", e))?;
     for path in &removed {
         eprintln!("httpjail: removed {}", path.display());
     }

@@ -28,12 +28,21 @@ impl RuntimeDir {
         match fs::DirBuilder::new().mode(0o700).create(&base) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("create `{}`: {e}", base.display()))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("create `{}`: {e}", base.display()),
+                ));
+            }
         }
         check_private(&base)?;
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-        let path = base.join(format!("run-{}-{}", std::process::id(), hex::encode(random)));
+        let path = base.join(format!(
+            "run-{}-{}",
+            std::process::id(),
+            hex::encode(random)
+        ));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -102,7 +111,9 @@ pub fn cleanup_stale() -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(run_pid) else { continue };
+        let Some(pid) = name.to_str().and_then(run_pid) else {
+            continue;
+        };
         if pid_alive(pid) {
             continue;
         }

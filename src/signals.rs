@@ -2,16 +2,19 @@
 //!
 //! Why not `tokio::signal`: we must know whether a SIGINT came from the terminal (Ctrl-C, which
 //! the kernel also delivered to the command, since it shares our foreground process group) or
-//! from `kill` (which only we received and must forward). `signalfd` reports `ssi_code`
-//! (`SI_KERNEL` for terminal-generated signals, `SI_USER` for `kill`), so the signals are
-//! blocked in every thread and read from a signalfd on a dedicated thread.
+//! from `kill` (which only we received and must forward). An `SA_SIGINFO` handler sees
+//! `si_code` (`SI_KERNEL` for terminal-generated signals, `SI_USER` for `kill`); it writes the
+//! signal number and that flag to a pipe (the only thing it does: `write` is
+//! async-signal-safe), and a thread turns the pipe into a channel.
 //!
-//! The blocked mask is inherited by threads created later, so [`listen`] must run before the
-//! async runtime starts. Child processes do not inherit it: `std::process::Command` resets the
-//! signal mask of the child before `exec`.
+//! Why not a blocked mask and `signalfd`: a blocked mask is inherited across `exec`, and
+//! `std::process::Command` does not reset it, so every command and rule program would start
+//! with SIGTERM and SIGINT blocked. Handlers, unlike masks, are reset to the default by `exec`.
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use tokio::sync::mpsc;
 
 /// The signals httpjail handles while a command runs.
@@ -24,6 +27,9 @@ pub const HANDLED: [Signal; 4] = [
 
 /// `si_code` of a signal the kernel generated (terminal keys among them).
 const SI_KERNEL: i32 = 0x80;
+
+/// Write end of the self-pipe, for the handler; -1 before [`listen`].
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
 /// One received signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,41 +59,78 @@ impl Signals {
     }
 }
 
-/// Blocks [`HANDLED`] in the calling thread (and every thread it creates later) and starts
-/// the reader thread. Call once, before the async runtime exists.
-pub fn listen() -> std::io::Result<Signals> {
-    let mut mask = SigSet::empty();
-    for signal in HANDLED {
-        mask.add(signal);
+extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
     }
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(std::io::Error::from)?;
-    let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    let message = [signo as u8, u8::from(code == SI_KERNEL)];
+    // SAFETY: write(2) is async-signal-safe; the buffer lives on this stack frame. errno is
+    // saved and restored so the interrupted code does not see ours.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, message.as_ptr().cast(), message.len());
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs the handlers for [`HANDLED`] and starts the reader thread. Call once per process.
+pub fn listen() -> std::io::Result<Signals> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // The write end must never block inside a handler: a full pipe drops the signal instead.
+    nix::fcntl::fcntl(
+        &write,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(std::io::Error::from)?;
+    PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
+    // The write end lives for the rest of the process, like the handlers that use it.
+    std::mem::forget(write);
+    let action = SigAction::new(
+        SigHandler::SigAction(on_signal),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in HANDLED {
+        // SAFETY: the handler only calls async-signal-safe functions (write, errno access).
+        unsafe { sigaction(signal, &action) }.map_err(std::io::Error::from)?;
+    }
     let (sender, receiver) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("httpjail-signals".to_owned())
-        .spawn(move || {
-            loop {
-                match fd.read_signal() {
-                    Ok(Some(info)) => {
-                        let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
-                            continue;
-                        };
-                        let received = Received {
-                            signal,
-                            from_terminal: info.ssi_code == SI_KERNEL,
-                        };
-                        if sender.send(received).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::error!("reading signals failed: {e}");
-                        return;
-                    }
+        .spawn(move || read_loop(read, &sender))?;
+    Ok(Signals { receiver })
+}
+
+fn read_loop(read: OwnedFd, sender: &mpsc::UnboundedSender<Received>) {
+    let mut message = [0u8; 2];
+    loop {
+        match nix::unistd::read(&read, &mut message) {
+            Ok(2) => {
+                let Ok(signal) = Signal::try_from(i32::from(message[0])) else {
+                    continue;
+                };
+                let received = Received {
+                    signal,
+                    from_terminal: message[1] == 1,
+                };
+                if sender.send(received).is_err() {
+                    return;
                 }
             }
-        })?;
-    Ok(Signals { receiver })
+            Ok(0) => return,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("reading signals failed: {e}");
+                return;
+            }
+        }
+    }
 }

@@ -21,3 +21,4 @@ mod cli;
 mod proxy;
 mod rules_proc;
 mod rules_sh;
+mod weak;

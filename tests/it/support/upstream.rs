@@ -4,6 +4,7 @@
 //! - `/bytes/<n>`: n bytes of body, streamed;
 //! - `/slow/<ms>`: wait before the response headers;
 //! - `/upgrade`: `101 Switching Protocols` (Upgrade: echo), then echo every byte;
+//! - `/<name>.git/info/refs`: a git smart-HTTP ref advertisement (for `git ls-remote`);
 //! - anything else: 200 with a JSON echo of the request (method, path, headers, body).
 
 use std::convert::Infallible;
@@ -171,6 +172,7 @@ async fn handle(
                 .insert(http::header::CONTENT_LENGTH, n.into());
             r
         }
+        [repo, "info", "refs"] if repo.ends_with(".git") => git_advertisement(),
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             Response::new(full("slow\n"))
@@ -223,6 +225,31 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// The first answer of git's smart HTTP protocol (v0): the refs of a repository, enough for
+/// `git ls-remote`.
+pub const GIT_HEAD: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+
+fn git_advertisement() -> Response<Body> {
+    fn pkt(line: &str) -> String {
+        format!("{:04x}{line}", line.len() + 4)
+    }
+    let mut body = pkt("# service=git-upload-pack\n");
+    body.push_str("0000");
+    body.push_str(&pkt(&format!(
+        "{GIT_HEAD} HEAD\0multi_ack side-band-64k agent=test\n"
+    )));
+    body.push_str(&pkt(&format!("{GIT_HEAD} refs/heads/main\n")));
+    body.push_str("0000");
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/x-git-upload-pack-advertisement"
+            .parse()
+            .unwrap(),
+    );
+    r
 }
 
 fn full(s: impl Into<Bytes>) -> Body {

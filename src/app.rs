@@ -164,7 +164,7 @@ impl Services {
         let proxy = self.proxy.clone();
         let shutdown = self.trigger.subscribe();
         self.tasks.push(tokio::spawn(async move {
-            proxy.serve(listener, entry, shutdown).await
+            proxy.serve(listener, entry, shutdown).await;
         }));
     }
 

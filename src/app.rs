@@ -40,12 +40,25 @@ pub fn run(config: Config) -> Result<i32, Error> {
         }
         _ => None,
     };
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("httpjail-worker")
         .build()
         .map_err(|e| Error::io("start the async runtime", e))?;
     runtime.block_on(run_async(config, signals))
+}
+
+/// Every client connection is a descriptor (two when forwarded): use the hard limit, not the
+/// often much lower soft limit, so thousands of connections do not fail with EMFILE.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+    }
 }
 
 async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Error> {

@@ -22,3 +22,4 @@ mod proxy;
 mod rules_proc;
 mod rules_sh;
 mod weak;
+mod server;

@@ -54,10 +54,22 @@ impl TestUpstream {
         Self::start(Some(ca.server_config(names, alpn))).await
     }
 
+    /// HTTPS on a given address (e.g. a unique 127.x.y.z on port 443, for transparent tests).
+    pub async fn https_at(addr: SocketAddr, ca: &TestCa, names: &[&str]) -> Self {
+        Self::start_at(addr, Some(ca.server_config(names, &[b"h2", b"http/1.1"]))).await
+    }
+
+    /// Plain HTTP on a given address.
+    pub async fn http_at(addr: SocketAddr) -> Self {
+        Self::start_at(addr, None).await
+    }
+
     async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_at("127.0.0.1:0".parse().unwrap(), tls).await
+    }
+
+    async fn start_at(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();

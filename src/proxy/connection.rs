@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use hyper::service::service_fn;
@@ -160,7 +161,12 @@ impl Shared {
         let mut shutdown = ctx.shutdown.clone();
         let this = self.clone();
         let service_ctx = ctx.clone();
+        // Whether any request got as far as the handler: a connection that sent bytes but
+        // never a request still earns one log record when it fails.
+        let served = Arc::new(AtomicBool::new(false));
+        let served_flag = served.clone();
         let service = service_fn(move |request| {
+            served_flag.store(true, Ordering::Relaxed);
             let this = this.clone();
             let ctx = service_ctx.clone();
             async move { Ok::<_, Infallible>(this.handle(request, ctx).await) }
@@ -226,36 +232,28 @@ impl Shared {
             }
         };
         if let Err(e) = result {
-            self.connection_error(&ctx, &e);
+            self.connection_error(&ctx, &e, served.load(Ordering::Relaxed));
         }
     }
 
     /// A connection that ended in an error: malformed requests and oversized heads get their
     /// one log record; hyper has already answered 400 / 431 where it could.
-    fn connection_error(&self, ctx: &ConnCtx, e: &BoxError) {
-        let Some(e) = e.downcast_ref::<hyper::Error>() else {
-            tracing::debug!("connection from {} ended: {e}", ctx.client);
-            return;
+    /// A connection that ended in an error. Malformed requests and oversized heads get their
+    /// one log record (hyper has already answered 400 / 431 where it could); so does a
+    /// connection that sent bytes but never a complete request (non-HTTP traffic in a tunnel,
+    /// a head that never finished), whatever the error.
+    fn connection_error(&self, ctx: &ConnCtx, e: &BoxError, served: bool) {
+        let hyper_error = e.downcast_ref::<hyper::Error>();
+        let why = match hyper_error {
+            Some(h) if h.is_parse_too_large() => "request head too large (431)".to_owned(),
+            Some(h) if h.is_parse() || h.is_parse_status() => format!("malformed request: {h}"),
+            _ if !served => format!("no complete HTTP request: {e}"),
+            _ => {
+                tracing::debug!("connection from {} ended: {e}", ctx.client);
+                return;
+            }
         };
-        if e.is_parse_too_large() {
-            self.log_unparsed(
-                ctx,
-                "",
-                DenyReason::MalformedRequest,
-                "request head too large (431)",
-            );
-        } else if e.is_parse() || e.is_parse_status() {
-            self.log_unparsed(
-                ctx,
-                "",
-                DenyReason::MalformedRequest,
-                format!("malformed request: {e}"),
-            );
-        } else if e.is_timeout() {
-            tracing::debug!("connection from {} timed out: {e}", ctx.client);
-        } else {
-            tracing::debug!("connection from {} ended: {e}", ctx.client);
-        }
+        self.log_unparsed(ctx, "", DenyReason::MalformedRequest, why);
     }
 
     pub(super) fn log_unparsed(

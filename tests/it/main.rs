@@ -21,5 +21,5 @@ mod cli;
 mod proxy;
 mod rules_proc;
 mod rules_sh;
-mod weak;
 mod server;
+mod weak;

@@ -633,3 +633,166 @@ async fn large_downloads_stream_through() {
     let records = proxy.records();
     assert_eq!(records[0].bytes_down, n as u64);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_sending_headers_one_byte_at_a_time_is_cut_off() {
+    let proxy = TestProxy::builder(allow_all)
+        .settings(|s| s.timeouts.client_handshake = Duration::from_millis(500))
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in b"GET http://slow.test/ HTTP/1.1\r\nHost: slow.test\r\n"
+        .iter()
+        .cycle()
+        .take(200)
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed || matches!(read, Ok(Ok(_))),
+        "the proxy must close a connection whose head never completes"
+    );
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_upload_does_not_hurt_the_proxy() {
+    let upstream = TestUpstream::http().await;
+    let port = upstream.port();
+    let mut proxy = TestProxy::builder(allow_all)
+        .resolve("up.test", port, upstream.addr)
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST http://up.test:{port}/upload HTTP/1.1\r\nHost: up.test\r\nContent-Length: 100000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'z'; 1000]).await.unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = curl(&["-x", &proxy.url(), &format!("http://up.test:{port}/after")]).await;
+    assert_eq!(got.status, 200, "{got:?}");
+    let records = proxy.records();
+    assert_eq!(
+        records.len(),
+        2,
+        "one record per request, the aborted one included: {records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_resets_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            // Close with RST: linger 0.
+            let _ = s.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let mut proxy = TestProxy::builder(allow_all)
+        .resolve("reset.test", addr.port(), addr)
+        .start()
+        .await;
+    let got = curl(&[
+        "-x",
+        &proxy.url(),
+        &format!("http://reset.test:{}/", addr.port()),
+    ])
+    .await;
+    assert_eq!(got.status, 502, "{got:?}");
+    let records = proxy.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, Some(502));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_after_connect_is_refused_and_logged() {
+    let mut proxy = TestProxy::builder(allow_all).start().await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT ssh.test:22 HTTP/1.1\r\nHost: ssh.test:22\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Not TLS, not HTTP: an SSH banner. No blind tunnel: nothing is forwarded.
+    stream.write_all(b"SSH-2.0-OpenSSH_9.0\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("SSH-2.0"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    // The client gives up; the connection's one record says why it was refused.
+    drop(stream);
+    let records = proxy.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].decision, "deny");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_work_inside_an_intercepted_tunnel() {
+    use tokio_rustls::TlsConnector;
+    let upstream_ca = TestCa::new("upstream CA");
+    let upstream = TestUpstream::https(&upstream_ca, &["wss.test"], &[b"http/1.1"]).await;
+    let port = upstream.port();
+    let proxy = TestProxy::builder(allow_all)
+        .resolve("wss.test", port, upstream.addr)
+        .upstream_ca(&upstream_ca)
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            format!("CONNECT wss.test:{port} HTTP/1.1\r\nHost: wss.test:{port}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(proxy.proxy_ca.root_store())
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut tls = TlsConnector::from(std::sync::Arc::new(client))
+        .connect("wss.test".try_into().unwrap(), stream)
+        .await
+        .unwrap();
+    tls.write_all(format!("GET /upgrade HTTP/1.1\r\nHost: wss.test:{port}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tls.write_all(b"frames").await.unwrap();
+    let mut echoed = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"frames");
+}

@@ -28,7 +28,10 @@ impl Server {
             .arg("--server")
             .args(args)
             .stderr(std::process::Stdio::piped());
-        let mut child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap();
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut http, mut https) = (None, None);
         let mut seen = String::new();
@@ -36,7 +39,11 @@ impl Server {
             while let Ok(Some(line)) = lines.next_line().await {
                 seen.push_str(&line);
                 seen.push('\n');
-                let addr = || line.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+                let addr = || {
+                    line.rsplit(' ')
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                };
                 if line.contains("HTTP proxy listening on") {
                     http = addr();
                 } else if line.contains("HTTPS proxy listening on") {
@@ -48,7 +55,10 @@ impl Server {
             }
         })
         .await;
-        assert!(found.is_ok() && http.is_some() && https.is_some(), "server did not announce its listeners:\n{seen}");
+        assert!(
+            found.is_ok() && http.is_some() && https.is_some(),
+            "server did not announce its listeners:\n{seen}"
+        );
         let stderr = tokio::spawn(async move {
             let mut rest = seen;
             while let Ok(Some(line)) = lines.next_line().await {
@@ -57,17 +67,32 @@ impl Server {
             }
             rest
         });
-        Self { child, http: http.unwrap(), https: https.unwrap(), home, stderr }
+        Self {
+            child,
+            http: http.unwrap(),
+            https: https.unwrap(),
+            home,
+            stderr,
+        }
     }
 
     fn ca(&self) -> String {
-        self.home.path().join(".config/httpjail/ca-cert.pem").to_str().unwrap().to_owned()
+        self.home
+            .path()
+            .join(".config/httpjail/ca-cert.pem")
+            .to_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
 /// A loopback address of its own for one test, so port 443 is free on it.
 fn unique_loopback() -> std::net::IpAddr {
-    let n = std::process::id() as u16 ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u16);
+    let n = std::process::id() as u16
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u16);
     std::net::IpAddr::from([127, 77, (n >> 8) as u8, (n as u8).max(1)])
 }
 
@@ -94,13 +119,31 @@ async fn explicit_requests_on_both_listeners_and_transparent_tls() {
     let ca = server.ca();
     // Explicit: CONNECT through either listener (HTTPS_PROXY commonly points at the second).
     for listener in [server.http, server.https] {
-        let got = curl(&["-x", &format!("http://{listener}"), "--cacert", &ca, "https://site.test/explicit"]).await;
+        let got = curl(&[
+            "-x",
+            &format!("http://{listener}"),
+            "--cacert",
+            &ca,
+            "https://site.test/explicit",
+        ])
+        .await;
         assert_eq!(got.status, 200, "{got:?}");
         assert_eq!(got.json()["path"], "/explicit");
     }
     // Transparent: TLS straight to the HTTPS listener (as a firewall redirect would deliver it).
-    let connect_to = format!("site.test:443:{}:{}", server.https.ip(), server.https.port());
-    let got = curl(&["--connect-to", &connect_to, "--cacert", &ca, "https://site.test/transparent"]).await;
+    let connect_to = format!(
+        "site.test:443:{}:{}",
+        server.https.ip(),
+        server.https.port()
+    );
+    let got = curl(&[
+        "--connect-to",
+        &connect_to,
+        "--cacert",
+        &ca,
+        "https://site.test/transparent",
+    ])
+    .await;
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(got.json()["path"], "/transparent");
     assert_eq!(upstream.count(), 3);
@@ -111,9 +154,21 @@ async fn transparent_plain_http_is_routed_by_host() {
     let home = TestHome::new();
     let ip = unique_loopback();
     let upstream = TestUpstream::http_at(SocketAddr::new(ip, 80)).await;
-    let server = Server::start(home, &["--sh".into(), "true".into(), "--resolve".into(), format!("plain.test:80:{ip}")]).await;
+    let server = Server::start(
+        home,
+        &[
+            "--sh".into(),
+            "true".into(),
+            "--resolve".into(),
+            format!("plain.test:80:{ip}"),
+        ],
+    )
+    .await;
     let mut stream = TcpStream::connect(server.http).await.unwrap();
-    stream.write_all(b"GET /t HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /t HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -127,7 +182,16 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let home = TestHome::new();
     let upstream = TestUpstream::http().await;
     let port = upstream.port();
-    let mut server = Server::start(home, &["--sh".into(), "true".into(), "--resolve".into(), format!("slow.test:{port}:127.0.0.1")]).await;
+    let mut server = Server::start(
+        home,
+        &[
+            "--sh".into(),
+            "true".into(),
+            "--resolve".into(),
+            format!("slow.test:{port}:127.0.0.1"),
+        ],
+    )
+    .await;
     let proxy = format!("http://{}", server.http);
     let url = format!("http://slow.test:{port}/slow/1500");
     let in_flight = tokio::spawn(async move { curl(&["-x", &proxy, &url]).await });
@@ -136,10 +200,20 @@ async fn sigterm_lets_in_flight_requests_finish() {
     while upstream.count() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    kill(Pid::from_raw(server.child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    kill(
+        Pid::from_raw(server.child.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
     let got = in_flight.await.unwrap();
-    assert_eq!(got.status, 200, "the in-flight request must complete: {got:?}");
-    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await.unwrap().unwrap();
+    assert_eq!(
+        got.status, 200,
+        "the in-flight request must complete: {got:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     let stderr = server.stderr.await.unwrap();
     assert!(stderr.contains("shutting down"), "{stderr}");
@@ -152,15 +226,31 @@ async fn a_thousand_idle_clients_do_not_stop_new_requests() {
     let home = TestHome::new();
     let upstream = TestUpstream::http().await;
     let port = upstream.port();
-    let server = Server::start(home, &["--sh".into(), "true".into(), "--resolve".into(), format!("busy.test:{port}:127.0.0.1")]).await;
+    let server = Server::start(
+        home,
+        &[
+            "--sh".into(),
+            "true".into(),
+            "--resolve".into(),
+            format!("busy.test:{port}:127.0.0.1"),
+        ],
+    )
+    .await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
         let mut s = TcpStream::connect(server.http).await.unwrap();
         // A request line without the end of its head: the connection stays open, waiting.
-        s.write_all(b"GET http://busy.test/ HTTP/1.1\r\n").await.unwrap();
+        s.write_all(b"GET http://busy.test/ HTTP/1.1\r\n")
+            .await
+            .unwrap();
         idle.push(s);
     }
-    let got = curl(&["-x", &format!("http://{}", server.http), &format!("http://busy.test:{port}/ok")]).await;
+    let got = curl(&[
+        "-x",
+        &format!("http://{}", server.http),
+        &format!("http://busy.test:{port}/ok"),
+    ])
+    .await;
     assert_eq!(got.status, 200, "{got:?}");
     drop(idle);
 }
@@ -179,5 +269,8 @@ async fn a_busy_port_is_a_clear_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("HTTPJAIL_HTTP_BIND"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("HTTPJAIL_HTTP_BIND"),
+        "{stderr}"
+    );
 }

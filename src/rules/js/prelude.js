@@ -96,6 +96,18 @@
     });
   }
 
+  // Two accessors of Error write to the context itself, not to an object, so that freezing
+  // would not stop them: `Error.prepareStackTrace = f` would keep `f` (and whatever it closes
+  // over) for later evaluations. Fixed values instead.
+  for (const key of ['stackTraceLimit', 'prepareStackTrace']) {
+    Object.defineProperty(Error, key, {
+      value: Error[key],
+      writable: false,
+      enumerable: false,
+      configurable: false,
+    });
+  }
+
   // Objects a rule can reach without naming a global: prototypes of generators, iterators,
   // async functions and the like. Each probe may fail if the intrinsic is absent.
   const probes = [

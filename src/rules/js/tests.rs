@@ -601,6 +601,84 @@ fn everything_a_rule_can_reach_is_frozen() {
     assert_eq!(decide(rule, "https://a.com/"), Decision::ALLOW);
 }
 
+/// Walks every shared object (as above) and calls `visit(path, object, key, descriptor)`.
+const WALK_SHARED: &str = r#"
+    function walkShared(visit) {
+        const roots = [['globalThis', globalThis], ['genfn', function* () {}],
+            ['asyncfn', async function () {}], ['asyncgen', async function* () {}],
+            ['arrayit', [][Symbol.iterator]()], ['stringit', ''[Symbol.iterator]()],
+            ['mapit', new Map().entries()], ['setit', new Set().values()],
+            ['regexpit', /a/[Symbol.matchAll]('a')], ['helper', [].values().map(x => x)],
+            ['wrap', Iterator.from({ next: () => ({ done: true }) })],
+            ['promise', Promise.resolve()], ['error', new Error()]];
+        const seen = new Set();
+        const todo = roots.map(([n, x]) => n === 'globalThis' ? [n, x] : [n + '.__proto__', Object.getPrototypeOf(x)]);
+        while (todo.length) {
+            const [path, o] = todo.pop();
+            if ((typeof o !== 'object' && typeof o !== 'function') || o === null || seen.has(o)) continue;
+            seen.add(o);
+            todo.push([path + '.__proto__', Object.getPrototypeOf(o)]);
+            for (const k of Reflect.ownKeys(o)) {
+                const d = Reflect.getOwnPropertyDescriptor(o, k);
+                const p = path + '.' + String(k);
+                visit(p, o, k, d);
+                if ('value' in d) todo.push([p, d.value]); else todo.push([p + '<get>', d.get], [p + '<set>', d.set]);
+            }
+        }
+    }
+"#;
+
+#[test]
+fn built_in_setters_cannot_change_what_later_evaluations_see() {
+    // What every shared getter returns, as text.
+    let snapshot = format!(
+        "{WALK_SHARED}
+        const out = [];
+        walkShared((path, o, k, d) => {{
+            if (!d.get) return;
+            let v;
+            try {{ v = d.get.call(o); }} catch (e) {{ v = 'throws'; }}
+            const shown = (typeof v === 'object' && v !== null) || typeof v === 'function' ? '' : String(v);
+            out.push(path + '=' + typeof v + ':' + shown);
+        }});
+        out.sort().join('\\n')"
+    );
+    // Calls every shared setter, on its own object and on others, with various values.
+    let mutate = format!(
+        "{WALK_SHARED}
+        let calls = 0;
+        walkShared((path, o, k, d) => {{
+            if (!d.set) return;
+            for (const self of [o, globalThis, {{}}, []])
+                for (const v of [0, 'x', () => 1, {{}}, undefined]) {{
+                    try {{ d.set.call(self, v); calls++; }} catch (e) {{}}
+                }}
+        }});
+        for (const [obj, key, v] of [[Error, 'stackTraceLimit', 0], [Error, 'prepareStackTrace', () => 'leak']])
+            try {{ obj[key] = v; calls++; }} catch (e) {{}}
+        calls > 0"
+    );
+    let snapshot = engine(&snapshot);
+    let mutate = engine(&mutate);
+    let r = get("https://a.com/");
+    let before = snapshot.evaluate(&r);
+    assert!(
+        matches!(&before, Decision::Deny { message: Some(m), .. } if m.contains("RegExp.prototype.flags") && m.contains("globalThis.r=")),
+        "{before:?}"
+    );
+    assert!(
+        mutate.evaluate(&r).is_allow(),
+        "some setter calls should succeed on fresh objects"
+    );
+    assert_eq!(snapshot.evaluate(&r), before);
+    // Stack traces still work the same way afterwards.
+    assert!(allows(
+        "Error.stackTraceLimit === 10 && Error.prepareStackTrace === undefined \
+         && new Error('x').stack.includes('<rule>')",
+        "https://a.com/"
+    ));
+}
+
 #[test]
 fn assigning_overridden_builtin_names_on_own_objects_still_works() {
     assert!(allows(

@@ -23,6 +23,21 @@
 //! start-up (at `-v`). A rule that is a single object literal (`{allow: true}`) may be written
 //! without the parentheses JavaScript would otherwise need.
 //!
+//! # What strict mode and the frozen environment refuse
+//!
+//! Rules are strict-mode code, so these are errors (at start-up when they are syntax): `with`,
+//! legacy octal literals (`010`), assigning an undeclared variable (`x = 1` without `let`),
+//! `delete` of a plain name, duplicate parameter names, `arguments.callee`. `return` outside a
+//! function is a syntax error as in any script: the rule's value is its last expression.
+//!
+//! The built-ins are frozen, so adding or changing their properties (`Array.prototype.x = ...`,
+//! `Math.max = ...`, `globalThis.x = ...`, `Error.stackTraceLimit = 0`) throws a `TypeError` and
+//! the request is denied. Assigning, on an object of your own, a property that a built-in
+//! prototype already has (`obj.valueOf = ...`) throws as well, except for `name` and `message`
+//! (of errors) and `toString`, which work as usual; for others use an object literal or
+//! `Object.defineProperty`. There are no timers, no `import`, no typed arrays and no `WeakRef`;
+//! promise jobs a rule queues run before its evaluation ends, within its deadline.
+//!
 //! Isolation between requests does not depend on the rule: the context's intrinsics and
 //! `globalThis` are deep-frozen when the context is created, so nothing an evaluation does can
 //! be seen by the next one (see `prelude.js`).
@@ -55,7 +70,7 @@ pub struct JsOptions {
     /// How long one evaluation may run; past it the request is denied (`engine_timeout`).
     pub deadline: Duration,
     /// The most memory the QuickJS runtime of one thread may hold; past it the evaluation fails
-    /// and the request is denied (`engine_error`).
+    /// and the request is denied (`engine_error`). 0 means no limit.
     pub memory_limit: usize,
 }
 
@@ -145,7 +160,7 @@ impl JsEngine {
         sandbox::evaluate(&self.shared, request)
     }
 
-    /// How many times the rule was replaced by an edit of the `--js-file` since start-up.
+    /// How many times an edit of the `--js-file` replaced the rule since start-up.
     pub fn reloads(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)
     }

@@ -439,6 +439,28 @@ impl Sandbox {
 
     /// Checks a rule and decides how to run it (see the module docs of `js`).
     fn prepare(&self, origin: &str, text: &str, deadline: Duration) -> Result<Program, Error> {
+        self.memory.reset_exhausted();
+        self.prepare_in_context(origin, text, deadline)
+            .map_err(|e| match e {
+                Error::JsSyntax { .. } | Error::JsCompile { .. } if self.memory.exhausted() => {
+                    Error::JsCompile {
+                        origin: origin.to_owned(),
+                        message: format!(
+                            "compiling it needs more memory than the limit ({} MiB)",
+                            self.memory_limit / (1024 * 1024)
+                        ),
+                    }
+                }
+                other => other,
+            })
+    }
+
+    fn prepare_in_context(
+        &self,
+        origin: &str,
+        text: &str,
+        deadline: Duration,
+    ) -> Result<Program, Error> {
         self.context.with(|ctx| {
             let program = |code: String, mode: Mode, first_line_shift: u32| Program {
                 text: text.to_owned(),

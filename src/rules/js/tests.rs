@@ -58,29 +58,42 @@ fn syntax_error(source: &str) -> (u32, u32, String) {
     }
 }
 
-/// Collects what the code in `f` (and threads that inherit its subscriber) logs.
-fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Buffer {
-        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+/// What tracing events were written, as text.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for LogBuffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(data);
+        Ok(data.len())
     }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&buffer.0.lock().expect("log buffer")).into_owned();
-    (result, text)
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+
+    /// Runs `f` with events (also those of threads that inherit the subscriber) written here.
+    fn record<R>(&self, f: impl FnOnce() -> R) -> R {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f)
+    }
+}
+
+/// Collects what the code in `f` logs.
+fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+    let log = LogBuffer::default();
+    let result = log.record(f);
+    (result, log.text())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,6 +789,29 @@ fn exhausting_memory_is_denied_and_the_thread_recovers() {
 }
 
 #[test]
+fn a_rule_too_big_for_the_memory_limit_is_a_compile_error() {
+    let options = JsOptions {
+        deadline: Duration::from_millis(100),
+        memory_limit: 8 * MIB,
+    };
+    let huge = format!(
+        "const a = [{}0]; a.length > 0",
+        "'some text',".repeat(2_000_000)
+    );
+    match JsEngine::compile(&JsSource::Inline(huge), options) {
+        Err(Error::JsCompile { message, .. }) => {
+            assert!(
+                message.contains("more memory than the limit (8 MiB)"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+    // The thread's engine still works, with a normal limit.
+    assert!(allows("true", "https://a.com/"));
+}
+
+#[test]
 fn deep_recursion_is_a_stack_overflow_not_a_crash() {
     let d = decide(
         "function f(n) { return f(n + 1) + 1 } f(0)",
@@ -923,7 +959,8 @@ fn file_edits_apply_and_broken_or_deleted_files_keep_the_previous_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("rules.js");
     std::fs::write(&path, "r.host === 'a.com'").expect("write");
-    let ((), log) = capture(|| {
+    let log = LogBuffer::default();
+    log.record(|| {
         let e = file_engine(&path);
         let a = get("https://a.com/");
         let b = get("https://b.com/");
@@ -944,19 +981,24 @@ fn file_edits_apply_and_broken_or_deleted_files_keep_the_previous_rule() {
 
         // A broken edit keeps the previous rule.
         std::fs::write(&path, "const x = ;\nfalse").expect("write");
-        std::thread::sleep(Duration::from_millis(300));
+        eventually("the broken edit to be reported", || {
+            log.text().contains("edit not applied")
+        });
         assert!(e.evaluate(&a).is_allow() && e.evaluate(&b).is_allow());
         assert_eq!(e.reloads(), 2);
 
         // Deleting the file keeps the previous rule too.
         std::fs::remove_file(&path).expect("remove");
-        std::thread::sleep(Duration::from_millis(500));
+        eventually("the deletion to be reported", || {
+            log.text().contains("the file was deleted")
+        });
         assert!(e.evaluate(&a).is_allow());
 
         // Fixing it applies again.
         std::fs::write(&path, "false").expect("write");
         eventually("the fixed file", || !e.evaluate(&a).is_allow());
     });
+    let log = log.text();
     let origin = format!("--js-file {}", path.display());
     assert!(
         log.contains(&format!(
@@ -981,17 +1023,19 @@ fn a_reload_reaches_every_thread() {
     std::fs::write(&path, "true").expect("write");
     let e = Arc::new(file_engine(&path));
     let r = get("https://a.com/");
+    let compiled = Arc::new(std::sync::Barrier::new(4));
     let threads: Vec<_> = (0..3)
         .map(|_| {
-            let e = Arc::clone(&e);
-            let r = r.clone();
+            let (e, r, compiled) = (Arc::clone(&e), r.clone(), Arc::clone(&compiled));
             std::thread::spawn(move || {
+                // Each thread has the first version compiled before the edit.
                 assert!(e.evaluate(&r).is_allow());
+                compiled.wait();
                 eventually("the reload on this thread", || !e.evaluate(&r).is_allow());
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    compiled.wait();
     std::fs::write(&path, "false").expect("write");
     for t in threads {
         t.join().expect("thread saw the reload");

@@ -106,6 +106,20 @@ fn a_rule_file_with_statements_decides() {
 }
 
 #[test]
+fn a_relative_rule_file_is_read_from_the_working_directory() {
+    let home = TestHome::new();
+    home.write("relative.js", "r.host === 'example.com'");
+    let out = run(home.httpjail().current_dir(home.path()).args([
+        "--js-file",
+        "relative.js",
+        "--test",
+        "https://example.com/",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "ALLOW GET https://example.com/\n");
+}
+
+#[test]
 fn a_syntax_error_stops_httpjail_with_line_and_column() {
     let home = TestHome::new();
     let out = js(&home, "r.host ===", &["https://example.com/"]);

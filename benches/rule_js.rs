@@ -252,6 +252,30 @@ fn main() {
         println!("{name:<40} {one:>14.0} {two:>14.0} {:>7.2}x", two / one);
     }
 
+    // Cold start: a thread's first decision creates its runtime, freezes the environment and
+    // compiles the rule.
+    let regexp = Arc::clone(&cases[3].1);
+    let mut cold: Vec<Duration> = (0..20)
+        .map(|_| {
+            let engine = Arc::clone(&regexp);
+            std::thread::spawn(move || {
+                let req = &requests()[0];
+                let start = Instant::now();
+                black_box(engine.evaluate(req));
+                start.elapsed()
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    cold.sort_unstable();
+    println!();
+    println!(
+        "first decision on a new thread (runtime + frozen environment + compile): p50 {}, max {}",
+        micros(cold[cold.len() / 2]),
+        micros(cold[cold.len() - 1])
+    );
+
     let (p50, max) = reload_latency(&dir);
     println!();
     println!(

@@ -7,10 +7,10 @@
 //! interpret it; it never interprets answers itself. It must not give a rule any access to
 //! files, the network, processes, time limits or memory beyond its own.
 //!
-//! - [`sandbox`]: one QuickJS runtime and context per thread, the frozen global environment,
+//! - `sandbox`: one QuickJS runtime and context per thread, the frozen global environment,
 //!   deadlines, memory and stack limits, and converting values.
-//! - [`memory`]: the allocator of each runtime, which enforces the memory limit.
-//! - [`watch`]: the `--js-file` watcher thread (inotify on the file's directory).
+//! - `memory`: the allocator of each runtime, which enforces the memory limit.
+//! - `watch`: the `--js-file` watcher thread (inotify on the file's directory).
 //!
 //! # How a rule runs
 //!

@@ -40,7 +40,8 @@
 //!
 //! Isolation between requests does not depend on the rule: the context's intrinsics and
 //! `globalThis` are deep-frozen when the context is created, so nothing an evaluation does can
-//! be seen by the next one (see `prelude.js`).
+//! be seen by the next one (see `prelude.js`). The one exception is the position in the
+//! `Math.random` sequence, which QuickJS keeps per context.
 //!
 //! # Hot path
 //!

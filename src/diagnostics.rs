@@ -9,8 +9,12 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Installs the stderr subscriber. `RUST_LOG` wins over `-v`; the default shows warnings
-/// and errors only.
+/// The target of what a JavaScript rule writes with `console.log` and friends. Shown at the
+/// default verbosity, as `httpjail: rule: <text>`.
+pub const RULE_LOG_TARGET: &str = "httpjail::rule";
+
+/// Installs the stderr subscriber. `RUST_LOG` wins over `-v`; the default shows warnings,
+/// errors and the rule's own `console` output.
 pub fn init(verbosity: u8, rust_log: Option<&str>) {
     let default = match verbosity {
         0 => "warn",
@@ -20,7 +24,9 @@ pub fn init(verbosity: u8, rust_log: Option<&str>) {
     };
     let filter = rust_log
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(format!("httpjail={default},warn")));
+        .unwrap_or_else(|| {
+            EnvFilter::new(format!("httpjail={default},{RULE_LOG_TARGET}=info,warn"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -41,6 +47,11 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        if event.metadata().target() == RULE_LOG_TARGET {
+            write!(writer, "httpjail: rule: ")?;
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+            return writeln!(writer);
+        }
         let level = match *event.metadata().level() {
             Level::ERROR => "error",
             Level::WARN => "warning",

@@ -13,12 +13,14 @@
 //! - `ca`: the CA through `httpjail trust` (several processes at once) and leaves over loopback TLS.
 //! - `proxy`: the proxy in-process against local upstreams, curl as the client.
 //! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
+//! - `rules_js`: the JavaScript engine through `--test`, and `--js-file` reloads.
 
 mod support;
 
 mod ca;
 mod cli;
 mod proxy;
+mod rules_js;
 mod rules_proc;
 mod rules_sh;
 mod server;

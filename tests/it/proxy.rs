@@ -699,7 +699,7 @@ async fn an_upstream_that_resets_is_a_502() {
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             // Close with RST: linger 0.
-            let _ = s.set_linger(Some(Duration::ZERO));
+            let _ = s.set_zero_linger();
             drop(s);
         }
     });

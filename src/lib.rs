@@ -6,6 +6,7 @@
 //! - [`app`]: orchestration of a run, the only module that knows both proxy and jails.
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
+//! - [`jail`]: the strong jail (Linux namespaces); [`dns`]: the jail's resolver.
 //!
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
@@ -13,6 +14,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod diagnostics;
+pub mod dns;
 pub mod env;
 pub mod error;
+pub mod jail;
 pub mod rules;

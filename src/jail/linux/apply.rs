@@ -78,6 +78,17 @@ pub(crate) fn configure_links(tools: &Tools, ipv6: bool) -> Result<(), Error> {
     )
 }
 
+/// Lets every user bind ports below 1024 in the jail's namespace (and only there: the setting
+/// is per network namespace). The command has no `CAP_NET_BIND_SERVICE`, even as root, yet a
+/// local server on port 80 of the jail's loopback is a normal thing for it to run; no port of
+/// the jail is reachable from outside it.
+pub(crate) fn allow_low_ports() -> Result<(), Error> {
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0").map_err(|e| Error::Io {
+        what: "set net.ipv4.ip_unprivileged_port_start in the jail".into(),
+        source: e,
+    })
+}
+
 /// Loads the jail's nft table. `rootless` only changes the hint given on failure.
 pub(crate) fn install_ruleset(tools: &Tools, ports: Ports, rootless: bool) -> Result<(), Error> {
     let hint = rootless.then(|| {

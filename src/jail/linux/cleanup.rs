@@ -48,16 +48,19 @@ fn cleanup_in(proc: &Path) -> Result<CleanupReport, Error> {
             continue;
         };
         // Processes may end while we look: unreadable entries are skipped.
-        let (Ok(cmdline), Ok(stat)) = (
+        let (Ok(cmdline), Ok(stat), Ok(status)) = (
             std::fs::read(entry.path().join("cmdline")),
             std::fs::read_to_string(entry.path().join("stat")),
+            std::fs::read_to_string(entry.path().join("status")),
         ) else {
             continue;
         };
         let Some(ppid) = parent_pid(&stat) else {
             continue;
         };
-        if !is_stale_supervisor(&cmdline, ppid) {
+        // A jail's init is a fork of its supervisor, with the same arguments and the
+        // supervisor as parent: it lives in the jail's PID namespace, one level down.
+        if !in_our_pid_namespace(&status) || !is_stale_supervisor(&cmdline, ppid) {
             continue;
         }
         let Ok(raw) = i32::try_from(pid) else {
@@ -84,6 +87,16 @@ pub(crate) fn is_stale_supervisor(cmdline: &[u8], ppid: u32) -> bool {
         .and_then(|a| std::str::from_utf8(a).ok())
         .and_then(|a| a.parse::<u32>().ok());
     recorded != Some(ppid)
+}
+
+/// Whether a `/proc/PID/status` text belongs to a process of the PID namespace `/proc` shows
+/// (its `NSpid` line lists one PID per namespace level, starting from that one). Kernels
+/// before 4.1 have no `NSpid` line and no way to tell; such processes are treated as ours.
+pub(crate) fn in_our_pid_namespace(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_none_or(|pids| pids.split_whitespace().count() == 1)
 }
 
 /// The parent PID from a `/proc/PID/stat` line. The command name (field 2) may hold spaces
@@ -132,6 +145,13 @@ mod tests {
     }
 
     #[test]
+    fn a_jails_init_is_not_in_our_pid_namespace() {
+        assert!(in_our_pid_namespace("Name:\thttpjail\nNSpid:\t4321\n"));
+        assert!(!in_our_pid_namespace("Name:\thttpjail\nNSpid:\t4322\t1\n"));
+        assert!(in_our_pid_namespace("Name:\told kernel\n"));
+    }
+
+    #[test]
     fn parent_pid_survives_odd_command_names() {
         assert_eq!(parent_pid("123 (sleep) S 45 123 123 0 -1"), Some(45));
         assert_eq!(parent_pid("123 (a) b) (c) R 46 1 1"), Some(46));
@@ -149,6 +169,16 @@ mod tests {
         )
         .unwrap();
         std::fs::write(live.join("stat"), "100 (httpjail) S 99 1 1").unwrap();
+        std::fs::write(live.join("status"), "NSpid:\t100\n").unwrap();
+        let init = dir.path().join("101");
+        std::fs::create_dir(&init).unwrap();
+        std::fs::write(
+            init.join("cmdline"),
+            cmdline(&["httpjail", SUPERVISOR_ARG, "3", "99"]),
+        )
+        .unwrap();
+        std::fs::write(init.join("stat"), "101 (httpjail) S 100 1 1").unwrap();
+        std::fs::write(init.join("status"), "NSpid:\t101\t1\n").unwrap();
         std::fs::create_dir(dir.path().join("self")).unwrap();
         let report = cleanup_in(dir.path()).unwrap();
         assert_eq!(report, CleanupReport::default());

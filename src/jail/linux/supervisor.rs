@@ -171,6 +171,7 @@ fn prepare(spec: &WireSpec, rootless: bool, uid: u32, gid: u32) -> Result<Listen
     mounts::make_private()?;
     let ipv6 = apply::ipv6_available();
     apply::configure_links(&tools, ipv6)?;
+    apply::allow_low_ports()?;
     let listeners = apply::bind_listeners(ipv6)?;
     apply::install_ruleset(&tools, listeners.ports, rootless)?;
     mounts::install_resolv_conf(&plan::resolv_conf())?;

@@ -141,8 +141,8 @@ impl Finished {
 pub struct Served {
     pub jail: StrongJail,
     pub hits: Arc<Mutex<Vec<Hit>>>,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stdout: Output,
+    stderr: Output,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -165,10 +165,17 @@ impl Served {
         Self {
             jail,
             hits,
-            stdout: read_all(out_r),
-            stderr: read_all(err_r),
+            stdout: Output::read(out_r),
+            stderr: Output::read(err_r),
             tasks,
         }
+    }
+
+    /// Waits (bounded) until the command has printed `needle` on stdout.
+    pub fn wait_for_stdout(&self, needle: &str) {
+        eventually(&format!("`{needle}` on the command's stdout"), || {
+            self.stdout.text().contains(needle)
+        });
     }
 
     /// Starts the command and waits (bounded) for the jail to end.
@@ -191,8 +198,8 @@ impl Served {
         let hits = self.hits.lock().expect("hits").clone();
         Finished {
             outcome,
-            stdout: self.stdout.join().expect("stdout reader"),
-            stderr: self.stderr.join().expect("stderr reader"),
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
             hits,
             supervisor_pid,
         }
@@ -209,12 +216,40 @@ pub fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
-fn read_all(fd: OwnedFd) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::fs::File::from(fd).read_to_string(&mut text);
-        text
-    })
+/// A stream of the command, read to its end by a thread; readable while it grows.
+struct Output {
+    text: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Output {
+    fn read(fd: OwnedFd) -> Self {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let reader = std::thread::spawn(move || {
+            let mut file = std::fs::File::from(fd);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = file.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("output")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { text, reader }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().expect("output").clone()
+    }
+
+    fn finish(self) -> String {
+        self.reader.join().expect("output reader");
+        let text = self.text.lock().expect("output");
+        text.clone()
+    }
 }
 
 fn serve(
@@ -367,8 +402,13 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// PIDs of host processes whose command line contains `needle`.
-pub fn processes_with(needle: &str) -> Vec<u32> {
+/// PIDs of host processes whose arguments are exactly `argv`.
+pub fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let mut wanted = Vec::new();
+    for a in argv {
+        wanted.extend_from_slice(a.as_bytes());
+        wanted.push(0);
+    }
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
         let Some(pid) = entry
@@ -378,11 +418,8 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
         else {
             continue;
         };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) {
-                found.push(pid);
-            }
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted) {
+            found.push(pid);
         }
     }
     found
@@ -398,4 +435,140 @@ pub fn unique(prefix: &str) -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("randomness");
     format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// Python helpers prepended to every [`Run::probe`] script. Each prints `key=value` lines.
+pub const PROBE: &str = r#"
+import errno, os, socket, struct, sys, time
+def fam(host):
+    return socket.AF_INET6 if ':' in host else socket.AF_INET
+def tcp(host, port, timeout=5):
+    s = socket.socket(fam(host), socket.SOCK_STREAM); s.settimeout(timeout)
+    t = time.monotonic()
+    try:
+        s.connect((host, port)); s.close(); return 'connected', time.monotonic() - t
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e)), time.monotonic() - t
+def http(host, port, hostname='probe.test'):
+    s = socket.socket(fam(host), socket.SOCK_STREAM); s.settimeout(5)
+    try:
+        s.connect((host, port))
+        s.sendall(b'GET / HTTP/1.1\r\nHost: ' + hostname.encode() + b'\r\n\r\n')
+        data = b''
+        while True:
+            chunk = s.recv(4096)
+            if not chunk: break
+            data += chunk
+        return data.decode(errors='replace').split('\r\n\r\n', 1)[-1].strip()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def udp(host, port, payload=b'x'):
+    s = socket.socket(fam(host), socket.SOCK_DGRAM); s.settimeout(2)
+    try:
+        s.connect((host, port)); s.send(payload); s.recv(512); return 'answered'
+    except socket.timeout:
+        return 'timeout'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def query(name, qtype):
+    q = struct.pack('!HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return q + b'\0' + struct.pack('!HH', qtype, 1)
+def parse(r):
+    qid, flags, qd, an, ns, ar = struct.unpack('!HHHHHH', r[:12])
+    addr = socket.inet_ntoa(r[-4:]) if an else 'none'
+    return 'id=%x rcode=%d answers=%d addr=%s' % (qid, flags & 0xf, an, addr)
+def dns_udp(server, name, qtype=1):
+    s = socket.socket(fam(server), socket.SOCK_DGRAM); s.settimeout(5)
+    try:
+        s.sendto(query(name, qtype), (server, 53)); return parse(s.recv(512))
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def dns_tcp(server, name, qtype=1):
+    s = socket.socket(fam(server), socket.SOCK_STREAM); s.settimeout(5)
+    try:
+        s.connect((server, 53)); q = query(name, qtype)
+        s.sendall(struct.pack('!H', len(q)) + q)
+        n = struct.unpack('!H', s.recv(2))[0]; r = b''
+        while len(r) < n: r += s.recv(n - len(r))
+        return parse(r)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def sock(family, kind, proto=0):
+    try:
+        socket.socket(family, kind, proto).close(); return 'created'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def out(key, value):
+    print('%s=%s' % (key, value), flush=True)
+"#;
+
+impl Run {
+    /// A Python script with [`PROBE`]'s helpers.
+    pub fn probe(script: &str) -> Self {
+        Self::python(&format!("{PROBE}\n{script}"))
+    }
+}
+
+impl Finished {
+    /// The value printed as `key=value` by a probe script.
+    pub fn value(&self, key: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no `{key}=` in the output: {self:#?}"))
+    }
+}
+
+/// A network namespace held only by a descriptor (no process, no `/var/run/netns` entry): it
+/// disappears when dropped.
+pub struct NetNs(OwnedFd);
+
+impl NetNs {
+    pub fn new() -> Self {
+        let fd = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare -n");
+            OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("open netns"))
+        })
+        .join()
+        .expect("netns thread");
+        Self(fd)
+    }
+
+    /// A path naming the namespace for `nsenter --net=` and `ip ... netns`.
+    pub fn path(&self) -> String {
+        use std::os::fd::AsRawFd as _;
+        format!("/proc/{}/fd/{}", std::process::id(), self.0.as_raw_fd())
+    }
+
+    /// Runs `ip ARGS` inside, asserting success.
+    pub fn ip(&self, args: &str) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .arg("ip")
+            .args(args.split_whitespace())
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (threads it starts, like a jail's
+    /// keeper thread, start there too).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("setns");
+                    f()
+                })
+                .join()
+                .expect("thread in the namespace")
+        })
+    }
 }

@@ -10,5 +10,8 @@
 
 mod support;
 
+mod adversarial;
 mod basics;
+mod confinement;
 mod lifetime;
+mod rootless;

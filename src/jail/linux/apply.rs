@@ -1,12 +1,15 @@
 //! Applies a [`plan`](super::plan) inside the jail's fresh network namespace: the only code
-//! that runs `ip` and `nft`, and the code that binds httpjail's listeners there.
+//! that configures the jail's network (rtnetlink for the loopback, `nft` for the ruleset), and
+//! the code that binds httpjail's listeners there.
 //!
 //! Runs in the supervisor, after it entered the new namespace; nothing here can reach the host's
-//! network namespace. Two processes in total: one `ip -batch -` and one `nft -f -` (the whole
-//! ruleset in one transaction: either all of it is in place or none, and the jail is not used).
+//! network namespace. One process in total, `nft -f -`, with the whole ruleset in one
+//! transaction (either all of it is in place or none, and the jail is not used). The loopback
+//! takes four netlink requests from the supervisor itself ([`super::netlink`]): running `ip`
+//! for them cost more than the rest of the set-up together and needed iproute2 installed.
 //!
-//! The tools are looked up in fixed system directories, never through `PATH`: under sudo a
-//! `PATH` chosen by the user must not choose what runs as root.
+//! `nft` is looked up in fixed system directories, never through `PATH`: under sudo a `PATH`
+//! chosen by the user must not choose what runs as root.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -15,10 +18,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::plan::{self, Ports};
+use super::netlink::Netlink;
+use super::plan::{self, LinkStep, Ports};
 use crate::jail::Error;
 
-/// Where `ip` and `nft` are looked for, in order. The last one is NixOS's system profile.
+/// Where `nft` is looked for, in order. The last one is NixOS's system profile.
 pub(crate) const TOOL_DIRS: &[&str] = &[
     "/usr/sbin",
     "/usr/bin",
@@ -29,19 +33,17 @@ pub(crate) const TOOL_DIRS: &[&str] = &[
     "/run/current-system/sw/bin",
 ];
 
-/// The two programs the jail needs.
+/// The programs the jail runs.
 #[derive(Debug, Clone)]
 pub(crate) struct Tools {
-    pub(crate) ip: PathBuf,
     pub(crate) nft: PathBuf,
 }
 
 impl Tools {
-    /// Finds both tools, or names the package that provides the missing one.
+    /// Finds the tools, or names the package that provides a missing one.
     pub(crate) fn find() -> Result<Self, Error> {
         let dirs: Vec<&Path> = TOOL_DIRS.iter().map(Path::new).collect();
         Ok(Self {
-            ip: find_tool("ip", "iproute2", &dirs)?,
             nft: find_tool("nft", "nftables", &dirs)?,
         })
     }
@@ -67,15 +69,26 @@ pub(crate) fn ipv6_available() -> bool {
     Path::new("/proc/net/if_inet6").exists()
 }
 
-/// Brings up `lo` with the jail addresses and default routes.
-pub(crate) fn configure_links(tools: &Tools, ipv6: bool) -> Result<(), Error> {
-    run_tool(
-        &tools.ip,
-        &["-batch", "-"],
-        &plan::link_commands(ipv6),
-        "configure the jail's loopback with `ip`",
-        None,
-    )
+/// Brings up `lo` with the jail addresses and default routes ([`plan::link_steps`]).
+pub(crate) fn configure_links(ipv6: bool) -> Result<(), Error> {
+    let failed = |what: String, e: std::io::Error| Error::Setup {
+        step: what,
+        detail: e.to_string(),
+        hint: None,
+    };
+    let mut netlink =
+        Netlink::open().map_err(|e| failed("open a netlink socket in the jail".into(), e))?;
+    let lo = nix::net::if_::if_nametoindex("lo")
+        .map_err(|e| failed("find the jail's loopback".into(), std::io::Error::from(e)))?;
+    for step in plan::link_steps(ipv6) {
+        match step {
+            LinkStep::Up => netlink.set_up(lo),
+            LinkStep::Address { ip, prefix } => netlink.add_address(lo, ip, prefix),
+            LinkStep::DefaultRoute { ipv6 } => netlink.add_default_route(lo, ipv6),
+        }
+        .map_err(|e| failed(format!("configure the jail's loopback (`{step}`)"), e))?;
+    }
+    Ok(())
 }
 
 /// Lets every user bind ports below 1024 in the jail's namespace (and only there: the setting

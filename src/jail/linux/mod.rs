@@ -29,14 +29,16 @@
 //!
 //! # Modules
 //! - [`plan`]: the ruleset, link commands and resolv.conf, as pure data (snapshot-tested);
-//! - [`apply`]: the only code that runs `ip` and `nft`; binds the listeners;
+//! - [`apply`]: the only code that configures the jail's network (rtnetlink, `nft`); binds
+//!   the listeners;
 //! - [`cleanup`]: `httpjail --cleanup`;
-//! - `supervisor`, `init`, `userns`, `mounts`, `protocol`, `sys`: the mechanics.
+//! - `supervisor`, `init`, `userns`, `mounts`, `netlink`, `protocol`, `sys`: the mechanics.
 
 pub mod apply;
 pub mod cleanup;
 mod init;
 mod mounts;
+mod netlink;
 pub mod plan;
 mod protocol;
 mod supervisor;

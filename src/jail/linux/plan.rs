@@ -1,8 +1,9 @@
 //! The jail's network, as data: the `ip` commands, the nft ruleset and the resolv.conf text.
 //!
-//! Pure: nothing here touches the system, so every byte the jail will apply is covered by the
-//! snapshot tests at the bottom. [`super::apply`] is the only code that feeds this to `ip` and
-//! `nft`; everything described here lives *inside* the jail's own network namespace.
+//! Pure: nothing here touches the system, so everything the jail will apply is covered by the
+//! snapshot tests at the bottom. [`super::apply`] is the only code that applies it (rtnetlink
+//! for the links, `nft` for the ruleset); all of it lives *inside* the jail's own network
+//! namespace.
 //!
 //! # The shape of the jail's network
 //!
@@ -23,8 +24,8 @@
 //! No dummy or veth interface is needed (and so no kernel module that may be missing: the
 //! `dummy` driver is not built into every kernel), and nothing exists outside the namespace.
 
-use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The jail's own IPv4 address on `lo`: the source address of the command's connections.
 /// From TEST-NET-1 (RFC 5737), which never appears on a real network.
@@ -54,20 +55,59 @@ pub struct Ports {
     pub dns: u16,
 }
 
-/// Commands for `ip -batch -`: bring `lo` up, give it the jail addresses, route everything to it.
-/// `ipv6` is false on kernels booted with IPv6 disabled.
-pub fn link_commands(ipv6: bool) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "link set dev lo up");
-    let _ = writeln!(out, "address add {JAIL_IPV4}/32 dev lo");
-    let _ = writeln!(out, "route add default dev lo");
-    if ipv6 {
-        // `nodad`: duplicate address detection cannot find anyone on `lo`, and would only delay
-        // the address being usable.
-        let _ = writeln!(out, "address add {JAIL_IPV6}/128 dev lo nodad");
-        let _ = writeln!(out, "route add ::/0 dev lo");
+/// One step of the jail's loopback set-up. [`super::apply`] sends each as an rtnetlink
+/// request; `Display` gives the equivalent `ip` command, for messages and for reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStep {
+    /// Bring `lo` up (which also gives it `127.0.0.1/8` and `::1`).
+    Up,
+    /// Add a jail address to `lo` (IPv6 without duplicate address detection: there is no one
+    /// on `lo` to collide with, and detection would only delay the address).
+    Address { ip: IpAddr, prefix: u8 },
+    /// Route every destination of a family to `lo`.
+    DefaultRoute { ipv6: bool },
+}
+
+impl fmt::Display for LinkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Up => write!(f, "ip link set dev lo up"),
+            Self::Address {
+                ip: IpAddr::V4(ip),
+                prefix,
+            } => {
+                write!(f, "ip address add {ip}/{prefix} dev lo")
+            }
+            Self::Address {
+                ip: IpAddr::V6(ip),
+                prefix,
+            } => {
+                write!(f, "ip address add {ip}/{prefix} dev lo nodad")
+            }
+            Self::DefaultRoute { ipv6: false } => write!(f, "ip route add default dev lo"),
+            Self::DefaultRoute { ipv6: true } => write!(f, "ip route add ::/0 dev lo"),
+        }
     }
-    out
+}
+
+/// The loopback set-up, in order. `ipv6` is false on kernels booted with IPv6 disabled.
+pub fn link_steps(ipv6: bool) -> Vec<LinkStep> {
+    let mut steps = vec![
+        LinkStep::Up,
+        LinkStep::Address {
+            ip: IpAddr::V4(JAIL_IPV4),
+            prefix: 32,
+        },
+        LinkStep::DefaultRoute { ipv6: false },
+    ];
+    if ipv6 {
+        steps.push(LinkStep::Address {
+            ip: IpAddr::V6(JAIL_IPV6),
+            prefix: 128,
+        });
+        steps.push(LinkStep::DefaultRoute { ipv6: true });
+    }
+    steps
 }
 
 /// The whole nftables configuration of the jail, for `nft -f -`.
@@ -123,23 +163,34 @@ mod tests {
         dns: 40053,
     };
 
+    fn render(steps: &[LinkStep]) -> Vec<String> {
+        steps.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
-    fn link_commands_snapshot() {
+    fn link_steps_snapshot() {
         assert_eq!(
-            link_commands(true),
-            "link set dev lo up\n\
-             address add 192.0.2.2/32 dev lo\n\
-             route add default dev lo\n\
-             address add fd6a:6169:6c00::2/128 dev lo nodad\n\
-             route add ::/0 dev lo\n"
+            render(&link_steps(true)),
+            [
+                "ip link set dev lo up",
+                "ip address add 192.0.2.2/32 dev lo",
+                "ip route add default dev lo",
+                "ip address add fd6a:6169:6c00::2/128 dev lo nodad",
+                "ip route add ::/0 dev lo",
+            ]
         );
     }
 
     #[test]
-    fn link_commands_without_ipv6_touch_no_ipv6_state() {
-        let text = link_commands(false);
-        assert!(!text.contains("::"), "{text}");
-        assert!(text.contains("route add default dev lo"), "{text}");
+    fn link_steps_without_ipv6_touch_no_ipv6_state() {
+        assert_eq!(
+            render(&link_steps(false)),
+            [
+                "ip link set dev lo up",
+                "ip address add 192.0.2.2/32 dev lo",
+                "ip route add default dev lo",
+            ]
+        );
     }
 
     #[test]

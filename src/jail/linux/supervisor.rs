@@ -11,9 +11,9 @@
 //!    PID namespace is gone), close every inherited descriptor but the control socket, ignore
 //!    terminal signals;
 //! 2. read the spec; without root, enter the outer user namespace ([`super::userns`]);
-//! 3. new network and mount namespaces; mounts private; `lo`, addresses and routes (`ip`); the
-//!    listeners, bound inside; the nft table (`nft`); the jail's resolv.conf; as root, `/sys`
-//!    read-only;
+//! 3. new network and mount namespaces; mounts private; `lo`, addresses and routes
+//!    (rtnetlink); the listeners, bound inside; the nft table (`nft`); the jail's resolv.conf;
+//!    as root, `/sys` read-only;
 //! 4. send the listeners to httpjail (`READY`), close our copies, wait for `START`;
 //! 5. new PID namespace; fork init ([`super::init`]); relay `SIGNAL`/`KILL`; when init has
 //!    ended (so every process of the jail has), report the outcome (`EXIT`) and exit.
@@ -170,7 +170,7 @@ fn prepare(spec: &WireSpec, rootless: bool, uid: u32, gid: u32) -> Result<Listen
     })?;
     mounts::make_private()?;
     let ipv6 = apply::ipv6_available();
-    apply::configure_links(&tools, ipv6)?;
+    apply::configure_links(ipv6)?;
     apply::allow_low_ports()?;
     let listeners = apply::bind_listeners(ipv6)?;
     apply::install_ruleset(&tools, listeners.ports, rootless)?;

@@ -140,6 +140,23 @@ async fn signals_reach_the_command_and_kill_ends_the_whole_jail() {
     );
 }
 
+/// How `--timeout` uses the jail: `wait` in a `select!` beside a timer, then `kill` and wait
+/// again (the first, cancelled `wait` must not lose the outcome).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_wait_loses_nothing() {
+    if !support::prerequisites() {
+        return;
+    }
+    let mut served = Served::create(Run::sh("sleep 30"));
+    served.jail.start().unwrap();
+    tokio::select! {
+        outcome = served.jail.wait() => panic!("ended before the timeout: {outcome:?}"),
+        () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+    }
+    served.jail.kill();
+    assert_eq!(served.wait().await.outcome, ExitOutcome::Signaled(9));
+}
+
 const HOLDER_TEST: &str = "lifetime::sigkill_of_the_process_holding_the_jail_leaves_nothing";
 const HOLDER_SLEEP: &str = "HTTPJAIL_NETNS_HOLDER_SLEEP";
 

@@ -138,9 +138,14 @@ fn supervise(args: &InitArgs) -> ExitOutcome {
     };
     drop((err_w, ready_w, mapped_r));
 
-    if args.rootless && !map_command(child, args, ready_r, mapped_w) {
+    let mut map_failure = None;
+    if args.rootless
+        && let Err(e) = map_command(child, args, ready_r, mapped_w)
+    {
         let _ = kill(child, Signal::SIGKILL);
+        map_failure = Some(ExitOutcome::Failed(e));
     }
+    // The command's own report (it may have failed before we could map it) wins.
     let mut exec_failure = None;
     let mut report = [0u8; 6];
     let mut err_r = std::fs::File::from(err_r);
@@ -149,6 +154,7 @@ fn supervise(args: &InitArgs) -> ExitOutcome {
         exec_failure = Some(failure_outcome(report[0], errno, &args.spec));
     }
     drop(err_r);
+    let exec_failure = exec_failure.or(map_failure);
 
     let status = wait_for(child, &sigfd, &args.signals);
     match (exec_failure, status) {
@@ -163,16 +169,18 @@ fn cloexec() -> nix::fcntl::OFlag {
 }
 
 /// Rootless: waits until the command's process has entered its user namespace, writes that
-/// namespace's maps, and lets it go on. `false` if any step failed.
-fn map_command(child: Pid, args: &InitArgs, ready: OwnedFd, mapped: OwnedFd) -> bool {
+/// namespace's maps, and lets it go on.
+fn map_command(child: Pid, args: &InitArgs, ready: OwnedFd, mapped: OwnedFd) -> Result<(), String> {
     let mut byte = [0u8; 1];
-    if std::fs::File::from(ready).read_exact(&mut byte).is_err() {
-        return false;
-    }
-    if userns::map_inner(child.as_raw(), args.uid, args.gid).is_err() {
-        return false;
-    }
-    std::fs::File::from(mapped).write_all(&[1]).is_ok()
+    std::fs::File::from(ready)
+        .read_exact(&mut byte)
+        .map_err(|_| "the command's process ended before entering its user namespace")?;
+    userns::map_inner(child.as_raw(), args.uid, args.gid).map_err(|e| {
+        format!("could not map the user's ids into the command's user namespace: {e}")
+    })?;
+    std::fs::File::from(mapped)
+        .write_all(&[1])
+        .map_err(|e| format!("could not resume the command's process: {e}"))
 }
 
 fn failure_outcome(step: u8, errno: i32, spec: &WireSpec) -> ExitOutcome {

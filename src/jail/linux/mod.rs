@@ -311,7 +311,8 @@ impl StrongJail {
     }
 
     /// Waits until the command has ended and every other process of the jail is gone.
-    /// Returns the same outcome when called again.
+    /// Returns the same outcome when called again. Cancel-safe: it can sit in a `select!`
+    /// beside a timer (for `--timeout`, then [`Self::kill`] and wait again).
     pub async fn wait(&mut self) -> ExitOutcome {
         if let Some(outcome) = &self.outcome {
             return outcome.clone();
@@ -319,12 +320,13 @@ impl StrongJail {
         if !self.started {
             return ExitOutcome::Failed("the command was never started".into());
         }
-        let outcome = match self.outcome_rx.take() {
+        let outcome = match &mut self.outcome_rx {
             Some(rx) => rx.await.unwrap_or_else(|_| {
                 ExitOutcome::Failed("the jail's keeper thread ended without a report".into())
             }),
-            None => ExitOutcome::Failed("the jail's outcome was lost".into()),
+            None => ExitOutcome::Failed("the jail's keeper thread ended without a report".into()),
         };
+        self.outcome_rx = None;
         self.outcome = Some(outcome.clone());
         outcome
     }

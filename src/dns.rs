@@ -142,7 +142,7 @@ pub async fn serve_udp(socket: UdpSocket) {
 
 /// Serves DNS over TCP (RFC 1035 section 4.2.2: each message preceded by its 2-byte length)
 /// on `listener` until the task is dropped. Each connection may carry several queries; it is
-/// closed on a malformed query, after [`TCP_IDLE`] without one, or when too many are open.
+/// closed on a malformed query, after 10 s without one, or when too many are open.
 pub async fn serve_tcp(listener: TcpListener) {
     let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {

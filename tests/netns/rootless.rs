@@ -25,9 +25,6 @@ async fn a_user_without_root_gets_the_same_jail() {
         return;
     }
     let (uid, gid) = support::test_user();
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let before = support::host_network_state();
     let wrapper = [
         "setpriv".to_owned(),
         format!("--reuid={uid}"),
@@ -35,6 +32,19 @@ async fn a_user_without_root_gets_the_same_jail() {
         "--clear-groups".to_owned(),
         "--".to_owned(),
     ];
+    let userns = std::process::Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .args(["unshare", "--user", "--map-root-user", "--net", "true"])
+        .status()
+        .unwrap();
+    if !userns.success()
+        && !support::skip_or_fail("the kernel refuses user namespaces to unprivileged users")
+    {
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let before = support::host_network_state();
     let out = support::rerun_self(SUITE, "rootless", &wrapper)
         .env(SHARED_DIR, shared.path())
         .stdin(Stdio::null())

@@ -1,11 +1,11 @@
-//! Applies a [`plan`](super::plan) inside the jail's fresh network namespace: the only code
+//! Applies a [`plan`] inside the jail's fresh network namespace: the only code
 //! that configures the jail's network (rtnetlink for the loopback, `nft` for the ruleset), and
 //! the code that binds httpjail's listeners there.
 //!
 //! Runs in the supervisor, after it entered the new namespace; nothing here can reach the host's
 //! network namespace. One process in total, `nft -f -`, with the whole ruleset in one
 //! transaction (either all of it is in place or none, and the jail is not used). The loopback
-//! takes four netlink requests from the supervisor itself ([`super::netlink`]): running `ip`
+//! takes four netlink requests from the supervisor itself (`netlink`): running `ip`
 //! for them cost more than the rest of the set-up together and needed iproute2 installed.
 //!
 //! `nft` is looked up in fixed system directories, never through `PATH`: under sudo a `PATH`

@@ -22,8 +22,8 @@
 //!                                 └── init (PID 1 of the jail's PID namespace)
 //!                                       └── the command (PID 2), and all it starts
 //! ```
-//! [`supervisor`] builds the jail, [`init`] reaps and relays signals, and the command is
-//! prepared in [`init`] too. A keeper thread in httpjail spawns the supervisor and stays alive
+//! `supervisor` builds the jail, `init` reaps and relays signals, and the command is
+//! prepared in `init` too. A keeper thread in httpjail spawns the supervisor and stays alive
 //! as long as it does, because the supervisor's parent-death signal fires when the *thread*
 //! that forked it ends (a short-lived blocking-pool thread would kill the jail).
 //!
@@ -47,7 +47,7 @@ mod userns;
 
 use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -465,6 +465,11 @@ fn spawn_supervisor(exe: &std::path::Path) -> Result<(UnixStream, std::process::
     };
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| io("create the jail's control socket", e))?;
+    let (ours, theirs) = (above_stdio(ours), above_stdio(theirs));
+    let (ours, theirs) = (
+        ours.map_err(|e| io("move the control socket above 2", e))?,
+        theirs.map_err(|e| io("move the control socket above 2", e))?,
+    );
     let theirs_fd = theirs.as_raw_fd();
     let mut command = Command::new(exe);
     command
@@ -486,6 +491,19 @@ fn spawn_supervisor(exe: &std::path::Path) -> Result<(UnixStream, std::process::
         .map_err(|e| io(&format!("start the jail supervisor `{}`", exe.display()), e))?;
     drop(theirs);
     Ok((ours, child))
+}
+
+/// The same socket on a descriptor above 2. When httpjail was started with a standard stream
+/// closed, a new socket can take its number; 0 to 2 are the command's streams, and the
+/// supervisor refuses a control socket there.
+fn above_stdio(socket: UnixStream) -> std::io::Result<UnixStream> {
+    if socket.as_raw_fd() > 2 {
+        return Ok(socket);
+    }
+    let moved = nix::fcntl::fcntl(&socket, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(std::io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that only we own.
+    Ok(unsafe { UnixStream::from_raw_fd(moved) })
 }
 
 fn decode_ready(payload: &[u8], fds: Vec<OwnedFd>) -> Result<JailListeners, Error> {

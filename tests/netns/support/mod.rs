@@ -50,7 +50,11 @@ pub fn prerequisites() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!("strong-jail tests need {}", missing.join(", "));
+    skip_or_fail(&format!("strong-jail tests need {}", missing.join(", ")))
+}
+
+/// Skips (returns `false`) with a printed reason, or fails under `CI=true`.
+pub fn skip_or_fail(why: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("CI=true: {why}; a missing prerequisite fails instead of skipping");
     }

@@ -331,9 +331,14 @@ async fn answer_http(
     let _ = stream.shutdown().await;
 }
 
-/// The host's network state the jail must never change.
+/// The host's state the jail must never change: its network namespace (interfaces, addresses,
+/// routes, named namespaces, nft ruleset) and its mount table (the jail's mounts must not
+/// propagate out).
 pub fn host_network_state() -> String {
-    let mut out = String::new();
+    let mut out = format!(
+        "$ cat /proc/self/mountinfo\n{}",
+        std::fs::read_to_string("/proc/self/mountinfo").expect("read the host's mounts")
+    );
     for args in [
         &["ip", "netns", "list"][..],
         &["ip", "link"],

@@ -320,8 +320,8 @@ pub(crate) fn encode_error(error: &Error) -> Vec<u8> {
                 None => e.u8(0),
             };
         }
-        other => {
-            e.u8(3).str("set up the jail").str(&other.to_string()).u8(0);
+        Error::Io { what, source } => {
+            e.u8(3).str(what).str(&source.to_string()).u8(0);
         }
     }
     e.0
@@ -355,6 +355,20 @@ pub(crate) fn decode_error(payload: &[u8]) -> Result<Error, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_keep_their_step_and_cause_once() {
+        let e = Error::Io {
+            what: "bind the jail's HTTP listener".into(),
+            source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+        };
+        let back = decode_error(&encode_error(&e)).unwrap().to_string();
+        assert!(
+            back.starts_with("strong jail: could not bind the jail's HTTP listener: "),
+            "{back}"
+        );
+        assert_eq!(back.matches("strong jail").count(), 1, "{back}");
+    }
 
     #[test]
     fn errors_round_trip_with_their_hints() {

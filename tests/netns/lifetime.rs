@@ -4,7 +4,7 @@ use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Stdio;
 
-use httpjail::jail::linux::{ExitOutcome, cleanup};
+use httpjail::jail::linux::{ExitOutcome, JailSpec, StrongJail, cleanup};
 use nix::sys::signal::Signal;
 
 use crate::support::{self, Run, Served};
@@ -218,6 +218,33 @@ async fn hold_a_jail_until_killed() {
     stdout.flush().expect("stdout");
     tokio::time::sleep(support::DEADLINE).await;
     panic!("the holder was not killed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supervisor_that_cannot_start_is_reported_at_once() {
+    if !support::prerequisites() {
+        return;
+    }
+    for (exe, expected) in [
+        (
+            "/no/such/httpjail",
+            "start the jail supervisor `/no/such/httpjail`",
+        ),
+        (
+            "/bin/true",
+            "the supervisor stopped before the jail was ready",
+        ),
+    ] {
+        let mut spec = JailSpec::new(vec!["true".into()], vec![], "/");
+        spec.supervisor_exe = exe.into();
+        let started = std::time::Instant::now();
+        let err = StrongJail::create(&spec).expect_err("no jail without a supervisor");
+        assert!(err.to_string().contains(expected), "{exe}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{exe}: reported at once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

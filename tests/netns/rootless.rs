@@ -8,7 +8,7 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::process::Stdio;
 
-use httpjail::jail::linux::ExitOutcome;
+use httpjail::jail::linux::{ExitOutcome, JailSpec, RunAs, StrongJail, UserIdentity};
 
 use crate::support::{self, Run};
 
@@ -161,6 +161,22 @@ echo done"#
 
     let missing = support::run(Run::argv(&["no-such-command-httpjail"])).await;
     assert_eq!(missing.outcome, ExitOutcome::NotFound);
+
+    // A failure inside the supervisor comes back as the error it is.
+    let mut spec = JailSpec::new(vec!["true".into()], vec![], "/");
+    spec.supervisor_exe = support::httpjail_bin();
+    spec.run_as = RunAs::User(UserIdentity {
+        name: "someone".into(),
+        uid: uid + 1,
+        gid,
+        groups: vec![gid],
+        home: "/".into(),
+    });
+    let err = StrongJail::create(&spec).expect_err("another user needs root");
+    assert_eq!(
+        err.to_string(),
+        "strong jail: could not run the command as another user: that needs root"
+    );
 
     let mut stdout = std::io::stdout();
     std::io::Write::write_all(&mut stdout, format!("{PASSED}\n").as_bytes()).expect("stdout");

@@ -277,12 +277,14 @@ impl StrongJail {
                 let _ = keeper.join();
                 return Err(e);
             }
-            Err(_) => {
-                return Err(Error::Setup {
-                    step: "set up the jail".into(),
-                    detail: format!("no answer from the supervisor in {SETUP_TIMEOUT:?}"),
-                    hint: None,
-                });
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(lost(format!(
+                    "no answer from the supervisor in {SETUP_TIMEOUT:?}"
+                )));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = keeper.join();
+                return Err(lost("the keeper thread ended without an answer".into()));
             }
         };
         let jail = Self {
@@ -401,16 +403,21 @@ fn keep(
         }
     };
     let raw_stdio: Vec<_> = stdio.iter().map(AsRawFd::as_raw_fd).collect();
-    let handshake = protocol::write_frame(control.as_fd(), kind::SPEC, &spec.encode(), &raw_stdio)
-        .map_err(ReadError::Os)
-        .and_then(|()| protocol::read_frame(control.as_fd()));
+    let handshake =
+        match protocol::write_frame(control.as_fd(), kind::SPEC, &spec.encode(), &raw_stdio) {
+            Err(e) => Err(format!("sending the spec failed ({})", e.desc())),
+            Ok(()) => protocol::read_frame(control.as_fd()).map_err(|e| e.to_string()),
+        };
     drop(stdio);
     let listeners = match handshake {
         Ok(frame) if frame.kind == kind::READY => decode_ready(&frame.payload, frame.fds),
         Ok(frame) if frame.kind == kind::FAILED => Err(supervisor::decode_error(&frame.payload)
             .unwrap_or_else(|e| lost(format!("unreadable failure report: {e}")))),
         Ok(_) => Err(lost("unexpected message".into())),
-        Err(e) => Err(lost(format!("{e} ({})", describe(supervisor.wait().ok())))),
+        Err(e) => Err(lost(format!(
+            "the supervisor stopped before the jail was ready: {e} ({})",
+            describe(supervisor.wait().ok())
+        ))),
     };
     let ready = listeners.and_then(|listeners| {
         let writer = control.try_clone().map_err(|e| Error::Io {
@@ -423,9 +430,15 @@ fn keep(
             listeners,
         })
     });
-    // Not delivered (create() gave up waiting, or failed): dropping the control socket below
-    // makes the supervisor end the jail.
-    let delivered = ready.is_ok() && ready_tx.send(ready).is_ok();
+    // Not delivered (create() gave up waiting, or setup failed): dropping the control socket
+    // below makes the supervisor end the jail.
+    let delivered = match ready {
+        Ok(ready) => ready_tx.send(Ok(ready)).is_ok(),
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+            false
+        }
+    };
     let mut outcome = None;
     if delivered {
         while let Ok(frame) = protocol::read_frame(control.as_fd()) {

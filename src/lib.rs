@@ -7,6 +7,7 @@
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
 //! - [`ca`]: the certificate authority, leaf certificates, CA bundles and `httpjail trust`.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
+//! - [`jail`]: the strong jail (Linux namespaces); [`dns`]: the jail's resolver.
 //!
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
@@ -17,8 +18,10 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod diagnostics;
+pub mod dns;
 pub mod env;
 pub mod error;
+pub mod jail;
 pub mod net;
 pub mod proxy;
 pub mod request_log;

@@ -4,7 +4,16 @@ use clap::Parser;
 use httpjail::{app, cli::Cli, config::Config, diagnostics, env, error};
 
 fn main() -> std::process::ExitCode {
-    let code = real_main();
+    let code = match httpjail::jail::linux::run_supervisor_if_requested(
+        &std::env::args_os().collect::<Vec<_>>(),
+    ) {
+        // A re-executed httpjail acting as a strong jail's supervisor: no CLI, no runtime.
+        Some(code) => code,
+        None => {
+            httpjail::jail::harden_process();
+            real_main()
+        }
+    };
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }
 

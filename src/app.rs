@@ -13,10 +13,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::ca::Authority;
-use crate::child::{self, CommandSpec, Outcome};
+use crate::child::{self, CommandSpec, Outcome, Supervised};
 use crate::config::{Config, JailKind, Mode};
 use crate::env::{self, CommandEnv};
 use crate::error::{Error, exit_code};
+use crate::jail::linux::{ExitOutcome, JailSpec, RunAs, StrongJail};
 use crate::proxy::body::BoxError;
 use crate::proxy::{Entry, Interceptor, Proxy, ProxySettings};
 use crate::request_log::{LogWriter, RequestLog};
@@ -73,6 +74,10 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
             command,
             jail: JailKind::Weak,
         } => weak(&config, command, signals.unwrap_or_else(Signals::none)).await,
+        Mode::Run {
+            command,
+            jail: JailKind::Strong,
+        } => strong(&config, command, signals.unwrap_or_else(Signals::none)).await,
         Mode::Cleanup => cleanup(),
         other => Err(Error::Message(format!(
             "{} is not available in this build yet",
@@ -264,11 +269,94 @@ async fn weak(config: &Config, command: &[OsString], mut signals: Signals) -> Re
     services.stop().await;
     drop(files);
     let outcome = outcome.map_err(|e| Error::io("run the command", e))?;
-    report_outcome(command, outcome);
+    report_outcome(command, &outcome);
     Ok(outcome.exit_code())
 }
 
-fn report_outcome(command: &[OsString], outcome: Outcome) {
+/// A command in a strong jail, for [`child::supervise`].
+struct Jailed(StrongJail);
+
+impl Supervised for Jailed {
+    async fn wait(&mut self) -> Outcome {
+        match self.0.wait().await {
+            ExitOutcome::Exited(code) => Outcome::Exited(code),
+            ExitOutcome::Signaled(signal) => Outcome::Signaled(signal),
+            ExitOutcome::NotFound => Outcome::NotFound,
+            ExitOutcome::NotExecutable { .. } => Outcome::NotExecutable,
+            ExitOutcome::Failed(why) => Outcome::Failed(why),
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.0.signal(signal);
+    }
+
+    fn kill(&self) {
+        self.0.kill();
+    }
+}
+
+/// Strong mode: the command in its own network namespace whose only way out is the proxy.
+async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> Result<i32, Error> {
+    let mut services = Services::start(config).await?;
+    let files = CommandFiles::write(&services.authority)?;
+    if let Some(user) = &config.sudo_user {
+        files
+            .dir
+            .share_with(user.uid, user.gid)
+            .map_err(|e| Error::io("let the sudo user read the run directory", e))?;
+    }
+    let bundle = files.bundle();
+    let certs = files.certs();
+    let env = env::command_env(
+        std::env::vars_os(),
+        &CommandEnv {
+            proxy_url: None,
+            ca_bundle: &bundle,
+            ca_dir: &certs,
+        },
+    );
+    let cwd = std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?;
+    let mut spec = JailSpec::new(command.to_vec(), env, cwd);
+    if let Some(user) = &config.sudo_user {
+        spec.run_as = RunAs::from_sudo_user(user)?;
+    }
+    let (jail, listeners) = tokio::task::spawn_blocking(move || StrongJail::create(&spec))
+        .await
+        .map_err(|e| Error::Message(format!("strong jail set-up panicked: {e}")))??;
+    let mut jailed = Jailed(jail);
+    let from_std = |l: std::net::TcpListener| {
+        TcpListener::from_std(l).map_err(|e| Error::io("serve a jail listener", e))
+    };
+    for listener in listeners.http {
+        services.serve(from_std(listener)?, Entry::Jail { port: 80 });
+    }
+    for listener in listeners.https {
+        services.serve(from_std(listener)?, Entry::Jail { port: 443 });
+    }
+    let mut resolvers = Vec::new();
+    for socket in listeners.dns_udp {
+        let socket = tokio::net::UdpSocket::from_std(socket)
+            .map_err(|e| Error::io("serve the jail's resolver", e))?;
+        resolvers.push(tokio::spawn(crate::dns::serve_udp(socket)));
+    }
+    for listener in listeners.dns_tcp {
+        resolvers.push(tokio::spawn(crate::dns::serve_tcp(from_std(listener)?)));
+    }
+    jailed.0.start()?;
+    // The command shares our process group: the terminal's signals reach it directly.
+    let outcome = child::supervise(&mut jailed, config.timeout, &mut signals, true).await;
+    drop(jailed);
+    for resolver in resolvers {
+        resolver.abort();
+    }
+    services.stop().await;
+    drop(files);
+    report_outcome(command, &outcome);
+    Ok(outcome.exit_code())
+}
+
+fn report_outcome(command: &[OsString], outcome: &Outcome) {
     let program = command
         .first()
         .map(|p| p.to_string_lossy())
@@ -279,6 +367,7 @@ fn report_outcome(command: &[OsString], outcome: Outcome) {
             eprintln!("httpjail: error: command `{program}` is not executable (permission denied)");
         }
         Outcome::TimedOut => eprintln!("httpjail: the command was stopped by --timeout"),
+        Outcome::Failed(why) => eprintln!("httpjail: error: {why}"),
         Outcome::Exited(_) | Outcome::Signaled(_) => {}
     }
 }

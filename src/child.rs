@@ -17,6 +17,7 @@
 //! request the command made.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -41,24 +42,27 @@ pub struct CommandSpec {
 }
 
 /// How the command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Exited(i32),
     Signaled(i32),
     TimedOut,
     NotFound,
     NotExecutable,
+    /// httpjail could not run it (exit code 125), with the reason.
+    Failed(String),
 }
 
 impl Outcome {
     /// SPEC section 4.
-    pub fn exit_code(self) -> i32 {
+    pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Exited(code) => code,
+            Self::Exited(code) => *code,
             Self::Signaled(signal) => exit_code::SIGNAL_BASE + signal,
             Self::TimedOut => exit_code::TIMEOUT,
             Self::NotFound => exit_code::NOT_FOUND,
             Self::NotExecutable => exit_code::NOT_EXECUTABLE,
+            Self::Failed(_) => exit_code::HTTPJAIL_FAILED,
         }
     }
 
@@ -66,7 +70,7 @@ impl Outcome {
         match (status.code(), status.signal()) {
             (Some(code), _) => Self::Exited(code),
             (None, Some(signal)) => Self::Signaled(signal),
-            (None, None) => Self::Exited(exit_code::HTTPJAIL_FAILED),
+            (None, None) => Self::Failed(format!("unknown exit status {status:?}")),
         }
     }
 }
@@ -77,6 +81,87 @@ pub fn is_interactive() -> bool {
     match nix::unistd::tcgetpgrp(&stdin) {
         Ok(foreground) => foreground == nix::unistd::getpgrp(),
         Err(_) => false,
+    }
+}
+
+/// A running command, however it is confined.
+pub trait Supervised {
+    /// Waits for the command to end. Must be cancel-safe (it sits in a `select!`).
+    fn wait(&mut self) -> impl Future<Output = Outcome> + Send;
+    /// Passes a signal on to the command.
+    fn signal(&self, signal: Signal);
+    /// Ends the command and everything it started, now.
+    fn kill(&self);
+}
+
+/// Waits for the command while forwarding signals and enforcing `timeout`.
+///
+/// `shares_terminal_signals`: the command is in our foreground process group, so signals the
+/// terminal generates reach it without us; only signals sent to httpjail alone are passed on.
+pub async fn supervise(
+    command: &mut impl Supervised,
+    timeout: Option<Duration>,
+    signals: &mut Signals,
+    shares_terminal_signals: bool,
+) -> Outcome {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut interrupts = 0u32;
+    loop {
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            outcome = command.wait() => return outcome,
+            Some(received) = signals.recv() => {
+                if received.signal == Signal::SIGINT {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        tracing::warn!("second interrupt: killing the command");
+                        command.kill();
+                        continue;
+                    }
+                }
+                if shares_terminal_signals && received.from_terminal {
+                    continue;
+                }
+                command.signal(received.signal);
+            }
+            () = expired => {
+                tracing::warn!("--timeout expired: stopping the command");
+                command.signal(Signal::SIGTERM);
+                if tokio::time::timeout(TERM_GRACE, command.wait()).await.is_err() {
+                    command.kill();
+                    let _ = command.wait().await;
+                }
+                return Outcome::TimedOut;
+            }
+        }
+    }
+}
+
+/// A command started directly (weak mode).
+struct DirectChild {
+    child: tokio::process::Child,
+    target: Target,
+}
+
+impl Supervised for DirectChild {
+    async fn wait(&mut self) -> Outcome {
+        match self.child.wait().await {
+            Ok(status) => Outcome::from_status(status),
+            Err(e) => Outcome::Failed(format!("waiting for the command failed: {e}")),
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        self.target.send(signal);
+    }
+
+    fn kill(&self) {
+        self.target.send(Signal::SIGKILL);
     }
 }
 
@@ -104,7 +189,7 @@ pub async fn run(
     if !interactive {
         command.process_group(0);
     }
-    let mut child = match command.spawn() {
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             return match e.kind() {
@@ -116,47 +201,14 @@ pub async fn run(
         }
     };
     let pid = Pid::from_raw(child.id().map_or(0, |id| id as i32));
-    let target = Target {
-        pid,
-        own_group: !interactive,
+    let mut direct = DirectChild {
+        child,
+        target: Target {
+            pid,
+            own_group: !interactive,
+        },
     };
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut interrupts = 0u32;
-    loop {
-        let expired = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            status = child.wait() => return status.map(Outcome::from_status),
-            Some(received) = signals.recv() => {
-                if received.signal == Signal::SIGINT {
-                    interrupts += 1;
-                    if interrupts >= 2 {
-                        tracing::warn!("second interrupt: killing the command");
-                        target.send(Signal::SIGKILL);
-                        continue;
-                    }
-                }
-                if interactive && received.from_terminal {
-                    // The terminal delivered it to the command already.
-                    continue;
-                }
-                target.send(received.signal);
-            }
-            () = expired => {
-                tracing::warn!("--timeout expired: stopping the command");
-                target.send(Signal::SIGTERM);
-                if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
-                    target.send(Signal::SIGKILL);
-                    let _ = child.wait().await;
-                }
-                return Ok(Outcome::TimedOut);
-            }
-        }
-    }
+    Ok(supervise(&mut direct, timeout, signals, interactive).await)
 }
 
 /// Where signals for the command go.
@@ -271,14 +323,14 @@ mod tests {
         let missing = run(&spec(&["/nonexistent/cmd"]), None, &mut signals)
             .await
             .unwrap();
-        assert_eq!((missing, missing.exit_code()), (Outcome::NotFound, 127));
+        assert_eq!((missing.clone(), missing.exit_code()), (Outcome::NotFound, 127));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-exec");
         std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
         let denied = run(&spec(&[file.to_str().unwrap()]), None, &mut signals)
             .await
             .unwrap();
-        assert_eq!((denied, denied.exit_code()), (Outcome::NotExecutable, 126));
+        assert_eq!((denied.clone(), denied.exit_code()), (Outcome::NotExecutable, 126));
     }
 
     #[tokio::test]
@@ -296,7 +348,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!((outcome, outcome.exit_code()), (Outcome::TimedOut, 124));
+        assert_eq!((outcome.clone(), outcome.exit_code()), (Outcome::TimedOut, 124));
         assert!(started.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(3500));
         assert!(

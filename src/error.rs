@@ -32,6 +32,8 @@ pub enum Error {
     Rules(#[from] crate::rules::Error),
     #[error(transparent)]
     Ca(#[from] crate::ca::Error),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
     #[error("{0}")]
     Message(String),
     #[error("{what}")]
@@ -54,6 +56,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Self::Rules(e) => e.hint(),
+            Self::Jail(e) => e.hint(),
             _ => None,
         }
     }

@@ -22,7 +22,6 @@ pub mod dns;
 pub mod env;
 pub mod error;
 pub mod jail;
-pub mod net;
 pub mod proxy;
 pub mod request_log;
 pub mod rules;

@@ -41,7 +41,7 @@ impl Shared {
         shutdown: Shutdown,
     ) {
         let original_dst = match entry {
-            Entry::Jail { .. } => crate::net::original_destination(&stream),
+            Entry::Jail { .. } => crate::jail::linux::original_destination(&stream),
             Entry::Proxy { .. } => None,
         };
         let ctx = ConnCtx {

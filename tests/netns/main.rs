@@ -10,8 +10,17 @@
 
 mod support;
 
+// The local upstreams and the test CA of the `it` suite (`upstream` refers to `super::tls`).
+#[allow(dead_code, unreachable_pub, clippy::unwrap_used, reason = "shared test support")]
+#[path = "../it/support/tls.rs"]
+mod tls;
+#[allow(dead_code, unreachable_pub, clippy::unwrap_used, reason = "shared test support")]
+#[path = "../it/support/upstream.rs"]
+mod upstream;
+
 mod adversarial;
 mod basics;
+mod binary;
 mod confinement;
 mod lifetime;
 mod rootless;

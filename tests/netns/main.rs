@@ -20,6 +20,7 @@ mod upstream;
 
 mod adversarial;
 mod basics;
+#[allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
 mod binary;
 mod confinement;
 mod lifetime;

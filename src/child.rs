@@ -323,14 +323,20 @@ mod tests {
         let missing = run(&spec(&["/nonexistent/cmd"]), None, &mut signals)
             .await
             .unwrap();
-        assert_eq!((missing.clone(), missing.exit_code()), (Outcome::NotFound, 127));
+        assert_eq!(
+            (missing.clone(), missing.exit_code()),
+            (Outcome::NotFound, 127)
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-exec");
         std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
         let denied = run(&spec(&[file.to_str().unwrap()]), None, &mut signals)
             .await
             .unwrap();
-        assert_eq!((denied.clone(), denied.exit_code()), (Outcome::NotExecutable, 126));
+        assert_eq!(
+            (denied.clone(), denied.exit_code()),
+            (Outcome::NotExecutable, 126)
+        );
     }
 
     #[tokio::test]
@@ -348,7 +354,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!((outcome.clone(), outcome.exit_code()), (Outcome::TimedOut, 124));
+        assert_eq!(
+            (outcome.clone(), outcome.exit_code()),
+            (Outcome::TimedOut, 124)
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(3500));
         assert!(

@@ -429,3 +429,82 @@ async fn exit_codes_and_timeout_in_strong_mode() {
     let jail_file = Path::new("/proc/self/status");
     assert!(jail_file.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_nft_is_a_clear_error_naming_the_package() {
+    if !prerequisites() {
+        return;
+    }
+    let w = World::new().await;
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nft is installed for these tests");
+    let marker = w.home.path().join("ran");
+    // Hide nft in a private mount namespace: a /dev/null over it is not an executable file.
+    let inner = w.httpjail(&["--js", "true", "--", "touch", marker.to_str().unwrap()]);
+    let program = inner.get_program().to_owned();
+    let args: Vec<_> = inner.get_args().map(|a| a.to_owned()).collect();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!("mount --bind /dev/null {nft} && exec \"$0\" \"$@\""),
+    ])
+    .arg(program)
+    .args(args)
+    .env_clear()
+    .env("PATH", support::JAIL_PATH)
+    .env("HOME", w.home.path())
+    .stdin(Stdio::null());
+    let out = Out::from(cmd.output().unwrap());
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("`nft`") && out.stderr.contains("nftables"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("--weak"),
+        "the hint names the alternative: {out:?}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command must not run without its jail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jails_started_while_others_shut_down() {
+    if !prerequisites() {
+        return;
+    }
+    let w = World::new().await;
+    // Overlapping lifetimes: each jail starts while the previous one is tearing down.
+    let mut previous: Option<std::process::Child> = None;
+    for i in 0..6 {
+        let child = w
+            .httpjail(&[
+                "--js",
+                "true",
+                "--",
+                "sh",
+                "-c",
+                &format!("curl -sS -o /dev/null -w '{i}=%{{http_code}}' https://name.test/overlap"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(prev) = previous.take() {
+            let out = Out::from(prev.wait_with_output().unwrap());
+            assert_eq!(out.code, Some(0), "{out:?}");
+            assert!(out.stdout.contains("=200"), "{out:?}");
+        }
+        previous = Some(child);
+    }
+    let out = Out::from(previous.unwrap().wait_with_output().unwrap());
+    assert!(out.stdout.contains("5=200"), "{out:?}");
+    assert_eq!(w.https.count(), 6);
+}

@@ -13,11 +13,13 @@
 //! - `ca`: the CA through `httpjail trust` (several processes at once) and leaves over loopback TLS.
 //! - `proxy`: the proxy in-process against local upstreams, curl as the client.
 //! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
+//! - `policy`: `httpjail replay` and `httpjail learn` on recorded logs (no network).
 
 mod support;
 
 mod ca;
 mod cli;
+mod policy;
 mod proxy;
 mod rules_proc;
 mod rules_sh;

@@ -271,7 +271,7 @@ mod tests {
     pub(crate) fn learn(records: &[Record]) -> Policy {
         let mut learner = Learner::new();
         for (i, r) in records.iter().enumerate() {
-            learner.add(parse_line(i + 1, Line::Text(r.json_line())));
+            learner.add(parse_line(i + 1, Line::Text(&r.json_line())));
         }
         learner.finish()
     }

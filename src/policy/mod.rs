@@ -171,12 +171,18 @@ pub fn run_learn(log: &Path) -> Result<i32, error::Error> {
         path: log.to_owned(),
         source,
     };
-    while let Some((number, line)) = reader.next_line().map_err(read_error)? {
-        let entry = records::parse_line(number, line);
-        if let records::Entry::Skipped(skipped) = &entry {
-            warn_skipped(log, skipped);
+    loop {
+        let chunk = reader.read_chunk(1024).map_err(read_error)?;
+        if chunk.is_empty() {
+            break;
         }
-        learner.add(entry);
+        for (number, line) in chunk.lines() {
+            let entry = records::parse_line(number, line);
+            if let records::Entry::Skipped(skipped) = &entry {
+                warn_skipped(log, skipped);
+            }
+            learner.add(entry);
+        }
     }
     let policy = learner.finish();
     let stats = &policy.stats;

@@ -21,12 +21,53 @@ use crate::rules::{DenyReason, RuleRequest};
 /// bounded by the proxy well below this).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
-/// One line of the log as read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    Text(String),
+/// One line of the log as read (without its `\n` or `\r\n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    Text(&'a str),
     TooLong,
     NotUtf8,
+}
+
+/// Consecutive lines of the log in one buffer: one allocation per chunk, not per line, so
+/// the reading thread stays cheap and the lines are freed by whoever parses them.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    data: Vec<u8>,
+    lines: Vec<RawLine>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawLine {
+    number: usize,
+    start: usize,
+    end: usize,
+    too_long: bool,
+}
+
+impl Chunk {
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// The lines with their 1-based numbers.
+    pub fn lines(&self) -> impl Iterator<Item = (usize, Line<'_>)> {
+        self.lines.iter().map(|raw| {
+            let line = if raw.too_long {
+                Line::TooLong
+            } else {
+                match std::str::from_utf8(&self.data[raw.start..raw.end]) {
+                    Ok(text) => Line::Text(text),
+                    Err(_) => Line::NotUtf8,
+                }
+            };
+            (raw.number, line)
+        })
+    }
 }
 
 /// Reads lines with their 1-based numbers, at most [`MAX_LINE_BYTES`] kept per line.
@@ -41,9 +82,21 @@ impl<R: BufRead> LineReader<R> {
         Self { inner, number: 0 }
     }
 
-    /// The next line (without its `\n` or `\r\n`), or `None` at the end of the input.
-    pub fn next_line(&mut self) -> io::Result<Option<(usize, Line)>> {
-        let mut buf = Vec::new();
+    /// The next `max_lines` lines (fewer at the end of the input; none after it).
+    pub fn read_chunk(&mut self, max_lines: usize) -> io::Result<Chunk> {
+        let mut chunk = Chunk::default();
+        while chunk.lines.len() < max_lines {
+            match self.read_line_into(&mut chunk.data)? {
+                Some(raw) => chunk.lines.push(raw),
+                None => break,
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Appends the next line to `data`; `None` at the end of the input.
+    fn read_line_into(&mut self, data: &mut Vec<u8>) -> io::Result<Option<RawLine>> {
+        let start = data.len();
         let mut too_long = false;
         let mut any = false;
         loop {
@@ -59,11 +112,11 @@ impl<R: BufRead> LineReader<R> {
             let newline = available.iter().position(|&b| b == b'\n');
             let piece = &available[..newline.unwrap_or(available.len())];
             if !too_long {
-                if buf.len() + piece.len() > MAX_LINE_BYTES {
+                if data.len() - start + piece.len() > MAX_LINE_BYTES {
                     too_long = true;
-                    buf = Vec::new();
+                    data.truncate(start);
                 } else {
-                    buf.extend_from_slice(piece);
+                    data.extend_from_slice(piece);
                 }
             }
             let consumed = newline.map_or(available.len(), |i| i + 1);
@@ -76,19 +129,15 @@ impl<R: BufRead> LineReader<R> {
             return Ok(None);
         }
         self.number += 1;
-        if too_long {
-            return Ok(Some((self.number, Line::TooLong)));
+        if !too_long && data.last() == Some(&b'\r') && data.len() > start {
+            data.pop();
         }
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-        Ok(Some((
-            self.number,
-            match String::from_utf8(buf) {
-                Ok(text) => Line::Text(text),
-                Err(_) => Line::NotUtf8,
-            },
-        )))
+        Ok(Some(RawLine {
+            number: self.number,
+            start,
+            end: data.len(),
+            too_long,
+        }))
     }
 }
 
@@ -173,7 +222,7 @@ pub enum Entry {
 }
 
 /// Classifies one line.
-pub fn parse_line(number: usize, line: Line) -> Entry {
+pub fn parse_line(number: usize, line: Line<'_>) -> Entry {
     let skip = |kind, detail: String| {
         Entry::Skipped(Skipped {
             line: number,
@@ -194,9 +243,9 @@ pub fn parse_line(number: usize, line: Line) -> Entry {
     if text.trim().is_empty() {
         return Entry::Blank;
     }
-    let record: Record = match serde_json::from_str(&text) {
+    let record: Record = match serde_json::from_str(text) {
         Ok(record) => record,
-        Err(e) => return skip(SkipKind::Malformed, json_problem(&text, &e)),
+        Err(e) => return skip(SkipKind::Malformed, json_problem(text, &e)),
     };
     let recorded = match (record.decision.as_str(), record.reason.as_deref()) {
         ("allow", None) => Recorded::Allowed,
@@ -345,7 +394,7 @@ mod tests {
     use crate::rules::Decision;
 
     fn line(text: &str) -> Entry {
-        parse_line(7, Line::Text(text.to_owned()))
+        parse_line(7, Line::Text(text))
     }
 
     fn record_json(method: &str, url: &str) -> String {
@@ -466,21 +515,24 @@ mod tests {
         let mut input = Vec::new();
         input.extend_from_slice(b"one\r\n");
         input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
-        input.extend_from_slice(b"\n\xff\xfe\nlast");
+        input.extend_from_slice(b"\n\xff\xfe\n\r\n\nlast");
         let mut reader = LineReader::new(io::BufReader::with_capacity(1000, &input[..]));
-        let mut lines = Vec::new();
-        while let Some(l) = reader.next_line().unwrap() {
-            lines.push(l);
-        }
+        let first = reader.read_chunk(4).unwrap();
         assert_eq!(
-            lines,
+            first.lines().collect::<Vec<_>>(),
             vec![
-                (1, Line::Text("one".into())),
+                (1, Line::Text("one")),
                 (2, Line::TooLong),
                 (3, Line::NotUtf8),
-                (4, Line::Text("last".into())),
+                (4, Line::Text("")),
             ]
         );
+        let second = reader.read_chunk(4).unwrap();
+        assert_eq!(
+            second.lines().collect::<Vec<_>>(),
+            vec![(5, Line::Text("")), (6, Line::Text("last"))]
+        );
+        assert!(reader.read_chunk(4).unwrap().is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `httpjail replay`: every recorded request decided again by a rule, and what flips.
 //!
-//! The log is read in chunks; each chunk is parsed and decided in a task of its own, and the
-//! results are folded in log order, so the report is the same whatever the engine's speed.
+//! The log is read in chunks (one buffer each); each chunk is parsed, decided and summed up in
+//! a task of its own, and the partial reports are merged in log order, so the report is the
+//! same whatever the engine's speed. Records are allocated and freed on the task that parses
+//! them; only flips and skipped lines travel back.
 //! How much runs at once depends on the engine ([`Settings::for_rule`]): `--sh` starts a process
 //! per request, so 16 at most are in flight; `--proc` is pipelined; JS and no rule are CPU-bound
 //! and spread over the runtime's threads.
@@ -27,10 +29,10 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead};
 
 use futures_util::StreamExt;
-use futures_util::stream;
+use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 
-use super::records::{Entry, Line, LineReader, Logged, Recorded, Skipped, parse_line};
+use super::records::{Chunk, Entry, LineReader, Logged, Recorded, Skipped, parse_line};
 use crate::config::RuleSource;
 use crate::rules::{Decision, DenyReason, RuleEngine};
 
@@ -175,6 +177,24 @@ impl Report {
             .count()
     }
 
+    /// Appends `later`, the report of the lines that follow.
+    fn merge(&mut self, later: Self) {
+        self.lines += later.lines;
+        self.total += later.total;
+        self.allowed += later.allowed;
+        self.denied += later.denied;
+        self.recorded_allowed += later.recorded_allowed;
+        self.recorded_denied += later.recorded_denied;
+        self.flipped_allow_to_deny += later.flipped_allow_to_deny;
+        self.flipped_deny_to_allow += later.flipped_deny_to_allow;
+        self.proxy_decided += later.proxy_decided;
+        self.skipped += later.skipped;
+        self.flips.extend(later.flips);
+        self.proxy_decided_requests
+            .extend(later.proxy_decided_requests);
+        self.skipped_lines.extend(later.skipped_lines);
+    }
+
     fn add(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Blank => {}
@@ -280,22 +300,16 @@ pub async fn replay<R: BufRead>(
     let mut reader = LineReader::new(input);
     let mut report = Report::default();
     let mut pending = VecDeque::new();
-    let mut fold = |outcomes: Vec<Outcome>, report: &mut Report| {
-        for outcome in outcomes {
-            if let Outcome::Skipped(skipped) = &outcome {
-                on_skip(skipped);
-            }
-            report.add(outcome);
+    let mut fold = |partial: Report, report: &mut Report| {
+        for skipped in &partial.skipped_lines {
+            on_skip(skipped);
         }
+        report.merge(partial);
     };
     loop {
-        let mut chunk = Vec::with_capacity(settings.chunk_lines);
-        while chunk.len() < settings.chunk_lines {
-            match reader.next_line().map_err(Error::Read)? {
-                Some(line) => chunk.push(line),
-                None => break,
-            }
-        }
+        let chunk = reader
+            .read_chunk(settings.chunk_lines)
+            .map_err(Error::Read)?;
         if chunk.is_empty() {
             break;
         }
@@ -320,28 +334,38 @@ pub async fn replay<R: BufRead>(
     Ok(report)
 }
 
-/// Parses and decides one chunk, at most `in_flight` evaluations at once, results in order.
-async fn decide_chunk(
-    engine: RuleEngine,
-    lines: Vec<(usize, Line)>,
-    in_flight: usize,
-) -> Vec<Outcome> {
-    let engine = &engine;
-    stream::iter(lines)
-        .map(|(number, line)| async move {
-            match parse_line(number, line) {
-                Entry::Blank => Outcome::Blank,
-                Entry::Skipped(skipped) => Outcome::Skipped(skipped),
-                Entry::Request(logged) => {
-                    let decision = engine.evaluate(&logged.request).await;
-                    let decision = with_size_limit(decision, logged.record.bytes_up);
-                    Outcome::Decided(logged, decision)
-                }
-            }
-        })
-        .buffered(in_flight)
-        .collect()
-        .await
+/// Parses and decides one chunk, at most `in_flight` evaluations at once, and sums it up in
+/// log order.
+async fn decide_chunk(engine: RuleEngine, chunk: Chunk, in_flight: usize) -> Report {
+    let mut report = Report::default();
+    let mut lines = chunk.lines();
+    let mut running = FuturesOrdered::new();
+    loop {
+        while running.len() < in_flight {
+            let Some((number, line)) = lines.next() else {
+                break;
+            };
+            // Parsed here, so the futures own their data and borrow only the engine.
+            running.push_back(decide(&engine, parse_line(number, line)));
+        }
+        match running.next().await {
+            Some(outcome) => report.add(outcome),
+            None => break,
+        }
+    }
+    report
+}
+
+async fn decide(engine: &RuleEngine, entry: Entry) -> Outcome {
+    match entry {
+        Entry::Blank => Outcome::Blank,
+        Entry::Skipped(skipped) => Outcome::Skipped(skipped),
+        Entry::Request(logged) => {
+            let decision = engine.evaluate(&logged.request).await;
+            let decision = with_size_limit(decision, logged.record.bytes_up);
+            Outcome::Decided(logged, decision)
+        }
+    }
 }
 
 /// An allow whose `max_tx_bytes` is below what the recorded request sent is what the proxy

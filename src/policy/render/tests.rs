@@ -24,7 +24,7 @@ fn record(method: &str, url: &str, bytes_up: u64) -> Record {
 fn learn_lines(lines: &[String]) -> Policy {
     let mut learner = Learner::new();
     for (i, line) in lines.iter().enumerate() {
-        learner.add(parse_line(i + 1, Line::Text(line.clone())));
+        learner.add(parse_line(i + 1, Line::Text(line)));
     }
     learner.finish()
 }

@@ -86,14 +86,8 @@ fn write_log(path: &Path, lines: usize) {
 }
 
 fn js_config(log: &Path) -> Config {
-    let cli = Cli::try_parse_from([
-        "httpjail",
-        "replay",
-        "--js",
-        JS_RULE,
-        log.to_str().unwrap(),
-    ])
-    .unwrap();
+    let cli = Cli::try_parse_from(["httpjail", "replay", "--js", JS_RULE, log.to_str().unwrap()])
+        .unwrap();
     Config::from_cli(cli, &ProcessEnv).unwrap()
 }
 
@@ -149,7 +143,11 @@ fn main() {
         }
     });
     let (native_time, native_report) = measure(&runtime, &native, cpu_settings, &log);
-    assert_eq!(native_report.flip_count(), 0, "the native rule is the recorded policy");
+    assert_eq!(
+        native_report.flip_count(),
+        0,
+        "the native rule is the recorded policy"
+    );
 
     let config = js_config(&log);
     let js = runtime.block_on(RuleEngine::start(&config)).unwrap();

@@ -56,6 +56,8 @@ pub struct Site {
     pub largest_request: u64,
     /// Learned requests to this site.
     pub requests: usize,
+    /// How many prefixes there were before merging, when there were too many.
+    pub merged_from: Option<usize>,
 }
 
 /// Counts for the header.
@@ -177,7 +179,9 @@ impl Learner {
             .sites
             .into_iter()
             .map(|(key, mut data)| {
+                let before = data.prefixes.len();
                 data.prefixes.limit(MAX_PREFIXES_PER_SITE);
+                let merged_from = (data.prefixes.len() < before).then_some(before);
                 Site {
                     scheme: if key.https {
                         Scheme::Https
@@ -191,6 +195,7 @@ impl Learner {
                     max_tx_bytes: data.uploads.then(|| bound_for(data.largest)),
                     largest_request: data.largest,
                     requests: data.requests,
+                    merged_from,
                 }
             })
             .collect();

@@ -212,3 +212,124 @@ pub fn run_learn(log: &Path) -> Result<i32, error::Error> {
     write_stdout("learn", &rule)?;
     Ok(exit_code::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::learn::{Learner, Policy};
+    use super::records::{Line, parse_line};
+    use super::replay::{Settings, replay};
+    use crate::config::RuleSource;
+    use crate::request_log::Record;
+    use crate::rules::{Decision, DenyReason, RuleEngine, RuleRequest};
+
+    /// A log with ids, hashes, uploads, crowded hosts, odd paths, ports, and denials.
+    fn log() -> String {
+        let mut records = Vec::new();
+        let mut add = |method: &str, url: &str, decision: Decision, bytes_up: u64| {
+            let request =
+                RuleRequest::from_url(method, url, RuleRequest::local_requester()).unwrap();
+            let mut r = Record::for_request(&request, &decision);
+            r.bytes_up = bytes_up;
+            records.push(r.json_line());
+        };
+        for i in 0..60u64 {
+            add(
+                "GET",
+                &format!("https://registry.test/pkg{i}"),
+                Decision::ALLOW,
+                200 + i,
+            );
+            add(
+                "GET",
+                &format!("https://registry.test/-/pkg{i}-1.0.{i}.tgz"),
+                Decision::ALLOW,
+                210,
+            );
+        }
+        for i in 0..30u64 {
+            add(
+                "GET",
+                &format!("https://api.test/users/{}/repos/{:040x}", i * 7919, i * 31),
+                Decision::ALLOW,
+                300,
+            );
+            add(
+                "PATCH",
+                &format!("https://api.test/issues/{i}"),
+                Decision::ALLOW,
+                900 + i * 100,
+            );
+        }
+        add(
+            "PUT",
+            "http://127.0.0.1:8081/up/a\"b\\c*/d",
+            Decision::ALLOW,
+            1 << 20,
+        );
+        add("GET", "http://127.0.0.1:8081/", Decision::ALLOW, 90);
+        add(
+            "GET",
+            "https://[::1]:8443/x/\u{2028}/y",
+            Decision::ALLOW,
+            90,
+        );
+        add(
+            "GET",
+            "https://evil.test/",
+            Decision::deny(DenyReason::Rule),
+            0,
+        );
+        add(
+            "GET",
+            "https://internal.test/",
+            Decision::deny(DenyReason::PrivateAddress),
+            0,
+        );
+        records.join("\n") + "\n"
+    }
+
+    fn learn(text: &str) -> Policy {
+        let mut learner = Learner::new();
+        for (i, line) in text.lines().enumerate() {
+            learner.add(parse_line(i + 1, Line::Text(line)));
+        }
+        learner.finish()
+    }
+
+    fn engine(policy: Policy) -> RuleEngine {
+        let policy = Arc::new(policy);
+        RuleEngine::native(move |r| policy.decide(r))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_learned_policy_replays_the_log_without_flips() {
+        let text = log();
+        let policy = learn(&text);
+        assert_eq!(policy.sites.len(), 4);
+        let settings = Settings::for_rule(&RuleSource::None);
+        let report = replay(&engine(policy.clone()), text.as_bytes(), settings, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.flip_count(), 0, "{:?}", report.flips);
+        assert_eq!(report.allowed, report.recorded_allowed);
+        assert_eq!(report.recorded_allowed, 183);
+        assert_eq!(report.proxy_decided, 1);
+
+        // Dropping one site flips exactly its requests.
+        let mut without_api = policy;
+        without_api.sites.retain(|s| s.host != "api.test");
+        let report = replay(&engine(without_api), text.as_bytes(), settings, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.flipped_allow_to_deny, 60);
+        assert_eq!(report.flipped_deny_to_allow, 0);
+        assert!(
+            report
+                .flips
+                .iter()
+                .all(|f| f.url.starts_with("https://api.test/"))
+        );
+    }
+}

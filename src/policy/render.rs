@@ -112,13 +112,17 @@ fn write_header(out: &mut String, policy: &Policy, header: &Header<'_>) {
     out.push('\n');
     let _ = writeln!(
         out,
-        "// {} log lines: {} allowed requests learned ({} sites), {} denied requests not learned,",
-        s.lines,
-        s.learned,
-        policy.sites.len(),
-        s.denied
+        "// {}: {} learned ({}), {} not learned (denied),",
+        plural(s.lines, "log line"),
+        plural(s.learned, "allowed request"),
+        plural(policy.sites.len(), "site"),
+        plural(s.denied, "request"),
     );
-    let _ = writeln!(out, "// {} malformed lines skipped", s.bad_lines);
+    let _ = writeln!(
+        out,
+        "// {} skipped (malformed or inconsistent)",
+        plural(s.bad_lines, "line")
+    );
     out.push_str(&format!(
         "//
 // Review before use: this allows what the recorded run did, slightly generalised.
@@ -153,13 +157,20 @@ fn write_header(out: &mut String, policy: &Policy, header: &Header<'_>) {
 }
 
 fn write_site(out: &mut String, site: &Site) {
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "  {{ // {}: {} request{}",
+        "  {{ // {}: {}",
         comment(&origin(site.scheme, &site.host, site.port)),
-        site.requests,
-        if site.requests == 1 { "" } else { "s" }
+        plural(site.requests, "request")
     );
+    if let Some(before) = site.merged_from {
+        let _ = write!(
+            out,
+            "; {before} path prefixes merged into {}",
+            site.prefixes.len()
+        );
+    }
+    out.push('\n');
     let _ = writeln!(out, "    host: {},", js_string(&site.host));
     if site.scheme != Scheme::Https {
         let _ = writeln!(out, "    scheme: {},", js_string(site.scheme.as_str()));
@@ -175,6 +186,10 @@ fn write_site(out: &mut String, site: &Site) {
             out.push_str("      [], // every path\n");
             continue;
         }
+        if prefix.len() == 1 && prefix[0] == Segment::Literal(String::new()) {
+            out.push_str("      [\"\"], // the path \"/\"\n");
+            continue;
+        }
         let segments: Vec<String> = prefix.iter().map(segment).collect();
         let _ = writeln!(out, "      [{}],", segments.join(", "));
     }
@@ -187,6 +202,15 @@ fn write_site(out: &mut String, site: &Site) {
         );
     }
     out.push_str("  },\n");
+}
+
+/// `1 site`, `2 sites`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn segment(segment: &Segment) -> String {

@@ -476,7 +476,9 @@ fn learn_prints_a_sorted_commented_rule() {
         fixture.display()
     )));
     assert!(
-        rule.contains("// 18 log lines: 14 allowed requests learned (4 sites), 4 denied requests not learned,\n"),
+        rule.contains(
+            "// 18 log lines: 14 allowed requests learned (4 sites), 4 requests not learned (denied),\n"
+        ),
         "{rule}"
     );
     assert!(

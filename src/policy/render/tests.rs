@@ -137,7 +137,7 @@ fn the_rule_reads_well() {
     host: "api.test",
     methods: ["GET"],
     paths: [
-      [""],
+      [""], // the path "/"
       ["users", INT, "repos"],
     ],
   },
@@ -150,7 +150,9 @@ fn the_rule_reads_well() {
         "{rule}"
     );
     assert!(
-        rule.contains("// 4 log lines: 4 allowed requests learned (2 sites), 0 denied"),
+        rule.contains(
+            "// 4 log lines: 4 allowed requests learned (2 sites), 0 requests not learned (denied),\n// 0 lines skipped (malformed or inconsistent)\n"
+        ),
         "{rule}"
     );
 }
@@ -215,6 +217,15 @@ fn js_and_rust_agree_and_allow_every_learned_request() {
     assert_agree(&policy, &learned, &others);
     let npm = policy.sites.iter().find(|s| s.host == "npm.test").unwrap();
     assert!(npm.prefixes.len() <= MAX_PREFIXES_PER_SITE);
+    assert_eq!(npm.merged_from, Some(40));
+    let rule = render(&policy, &HEADER);
+    assert!(
+        rule.contains(&format!(
+            "  {{ // https://npm.test: 40 requests; 40 path prefixes merged into {}\n",
+            npm.prefixes.len()
+        )),
+        "{rule}"
+    );
 }
 
 #[test]

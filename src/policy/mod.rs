@@ -104,7 +104,7 @@ fn warn_skipped(path: &Path, skipped: &Skipped) {
     if skipped.kind.is_problem() {
         eprintln!(
             "httpjail: warning: {}:{}: {} (line skipped)",
-            records::shown(&path.display().to_string()),
+            records::escape_controls(&path.display().to_string(), None),
             skipped.line,
             skipped.detail
         );

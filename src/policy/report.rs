@@ -46,7 +46,7 @@ pub fn describe_rule(rule: &RuleSource) -> String {
 
 /// The report as text.
 pub fn text(report: &Report, context: &Context<'_>) -> String {
-    let log = shown(context.log);
+    let log = escape_controls(context.log, None);
     let mut out = String::new();
     for (direction, title) in [
         (Verdict::Allow, "flipped allow -> deny"),

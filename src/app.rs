@@ -79,6 +79,8 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
             jail: JailKind::Strong,
         } => strong(&config, command, signals.unwrap_or_else(Signals::none)).await,
         Mode::Cleanup => cleanup(),
+        Mode::Replay { log, format } => crate::policy::run_replay(&config, log, *format).await,
+        Mode::Learn { log } => crate::policy::run_learn(log),
         other => Err(Error::Message(format!(
             "{} is not available in this build yet",
             mode_name(other)

@@ -5,6 +5,7 @@
 //! - [`cli`]: command-line syntax; [`config`]: validated configuration; [`env`]: variable names.
 //! - [`app`]: orchestration of a run, the only module that knows both proxy and jails.
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
+//! - [`policy`]: `httpjail replay` and `httpjail learn` on JSON request logs.
 //! - [`ca`]: the certificate authority, leaf certificates, CA bundles and `httpjail trust`.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
 //! - [`jail`]: the strong jail (Linux namespaces); [`dns`]: the jail's resolver.
@@ -22,6 +23,7 @@ pub mod dns;
 pub mod env;
 pub mod error;
 pub mod jail;
+pub mod policy;
 pub mod proxy;
 pub mod request_log;
 pub mod rules;

@@ -14,11 +14,13 @@
 //! - `proxy`: the proxy in-process against local upstreams, curl as the client.
 //! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
 //! - `rules_js`: the JavaScript engine through `--test`, and `--js-file` reloads.
+//! - `policy`: `httpjail replay` and `httpjail learn` on recorded logs (no network).
 
 mod support;
 
 mod ca;
 mod cli;
+mod policy;
 mod proxy;
 mod rules_js;
 mod rules_proc;

@@ -396,3 +396,91 @@ async fn the_command_starts_with_no_blocked_or_ignored_signals() {
     }
     assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn record_learn_replay_and_run_again_under_the_learned_rule() {
+    let f = Fixture::new().await;
+    let log = f.home.path().join("run.jsonl");
+    let port = f.port();
+    let script = format!(
+        "set -e; for id in 101 202 303; do curl -sSf https://name.test:{port}/users/$id/repos >/dev/null; done; \
+         curl -sSf --data-binary 'hello upload' https://name.test:{port}/upload >/dev/null; \
+         curl -sSf https://other.test:{port}/static/app.js >/dev/null"
+    );
+    let recorded = f
+        .run(&[
+            "--js",
+            "true",
+            "--request-log",
+            log.to_str().unwrap(),
+            "--request-log-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .await;
+    assert_eq!(recorded.code, Some(0), "{recorded:?}");
+    let learned = tokio::process::Command::from({
+        let mut c = f.home.httpjail();
+        c.args(["learn", log.to_str().unwrap()]);
+        c
+    })
+    .output()
+    .await
+    .unwrap();
+    assert!(learned.status.success(), "{learned:?}");
+    let rule = String::from_utf8(learned.stdout).unwrap();
+    assert!(
+        rule.contains("name.test") && rule.contains("other.test"),
+        "{rule}"
+    );
+    let rule_path = f.home.write("learned.js", &rule);
+    let replay = |rule: &std::path::Path| {
+        let mut c = f.home.httpjail();
+        c.args([
+            "replay",
+            "--js-file",
+            rule.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ]);
+        crate::support::run(&mut c)
+    };
+    let clean = replay(&rule_path);
+    assert_eq!(
+        clean.code,
+        Some(0),
+        "the learned rule must replay without flips: {clean:?}"
+    );
+    // Run again under the learned rule: the same traffic passes, a new id too (ids collapse),
+    // something never seen does not.
+    let again = format!(
+        "{script}; curl -sSf https://name.test:{port}/users/999/repos >/dev/null; echo; curl -sS -o /dev/null -w 'unseen=%{{http_code}}' https://name.test:{port}/admin"
+    );
+    let rerun = f
+        .run(&[
+            "--js-file",
+            rule_path.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &again,
+        ])
+        .await;
+    assert_eq!(rerun.code, Some(0), "{rerun:?}");
+    assert!(rerun.stdout.contains("unseen=403"), "{rerun:?}");
+    // Drop one host from the rule: replay lists its flips and exits 1.
+    let edited = f.home.write(
+        "edited.js",
+        &rule.replace("\"other.test\"", "\"removed.test\""),
+    );
+    let flipped = replay(&edited);
+    assert_eq!(flipped.code, Some(1), "{flipped:?}");
+    assert!(
+        flipped
+            .stdout
+            .contains(&format!("https://other.test:{port}/static/app.js")),
+        "{flipped:?}"
+    );
+}

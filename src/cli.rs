@@ -3,6 +3,13 @@
 //! Parsing here is syntactic only: strings stay strings, paths stay paths. Meaning and validation
 //! live in [`crate::config`].
 
+// The doc comments below are the `--help` text users read, written for a terminal, not rustdoc.
+#![allow(
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links,
+    reason = "doc comments here are --help text"
+)]
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 

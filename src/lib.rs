@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command-line syntax; [`config`]: validated configuration; [`env`]: variable names.
+//! - [`cli`]: command-line syntax; [`config`]: validated configuration; [`env`](mod@env): variable names.
 //! - [`app`]: orchestration of a run, the only module that knows both proxy and jails.
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
 //! - [`policy`]: `httpjail replay` and `httpjail learn` on JSON request logs.

@@ -6,7 +6,7 @@
 //! They are counted and listed (grouped) in the rule's header for the reviewer.
 //!
 //! One [`Site`] per scheme, host and port, with the methods seen there, the path prefixes of
-//! [`generalize`](super::generalize), and, when a request with a body was seen there (any
+//! [`generalize`] and, when a request with a body was seen there (any
 //! method but `GET`, `HEAD`, `OPTIONS`, `TRACE`, `DELETE`), a `max_tx_bytes` bound for every
 //! request to that site: the largest `bytes_up` of any learned request to it (uploads are
 //! normally the largest), plus a margin, rounded up ([`bound_for`]). The bound is never below

@@ -2,10 +2,10 @@
 //! one decision per request (not per connection), then forwarded or refused.
 //!
 //! Layout:
-//! - [`connection`]: one accepted connection: first bytes → TLS (terminated with a certificate
+//! - `connection`: one accepted connection: first bytes → TLS (terminated with a certificate
 //!   from the [`Interceptor`]) or HTTP/1.1 / HTTP/2; CONNECT tunnels are opened only to be
 //!   intercepted the same way (no blind tunnels).
-//! - [`handler`]: one request: what the client is asking for (Host / SNI / CONNECT target /
+//! - `handler`: one request: what the client is asking for (Host / SNI / CONNECT target /
 //!   absolute-form), fronting and loop checks, the rule, and forwarding.
 //! - [`upstream`]: resolving, the private-address check, dialling, upstream TLS, pooling.
 //! - [`reject`]: the only place that picks an error status. [`body`]: byte counting, the

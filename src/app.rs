@@ -17,7 +17,8 @@ use crate::child::{self, CommandSpec, Outcome, Supervised};
 use crate::config::{Config, JailKind, Mode};
 use crate::env::{self, CommandEnv};
 use crate::error::{Error, exit_code};
-use crate::jail::linux::{ExitOutcome, JailSpec, RunAs, StrongJail};
+use crate::jail::docker;
+use crate::jail::linux::{ExitOutcome, JailListeners, JailSpec, RunAs, StrongJail};
 use crate::proxy::body::BoxError;
 use crate::proxy::{Entry, Interceptor, Proxy, ProxySettings};
 use crate::request_log::{LogWriter, RequestLog};
@@ -78,7 +79,10 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
             command,
             jail: JailKind::Strong,
         } => strong(&config, command, signals.unwrap_or_else(Signals::none)).await,
-        Mode::Cleanup => cleanup(),
+        Mode::DockerRun { args } => {
+            docker_run(&config, args, signals.unwrap_or_else(Signals::none)).await
+        }
+        Mode::Cleanup => cleanup().await,
         other => Err(Error::Message(format!(
             "{} is not available in this build yet",
             mode_name(other)
@@ -325,6 +329,26 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
         .await
         .map_err(|e| Error::Message(format!("strong jail set-up panicked: {e}")))??;
     let mut jailed = Jailed(jail);
+    let resolvers = serve_jail(&mut services, listeners)?;
+    jailed.0.start()?;
+    // The command shares our process group: the terminal's signals reach it directly.
+    let outcome = child::supervise(&mut jailed, config.timeout, &mut signals, true).await;
+    drop(jailed);
+    for resolver in resolvers {
+        resolver.abort();
+    }
+    services.stop().await;
+    drop(files);
+    report_outcome(command, &outcome);
+    Ok(outcome.exit_code())
+}
+
+/// Serves a jail's listeners: 80/443 with the proxy (transparent entries), 53 with the
+/// resolver. Returns the resolver tasks, to abort when the jail ends.
+fn serve_jail(
+    services: &mut Services,
+    listeners: JailListeners,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
     let from_std = |l: std::net::TcpListener| {
         TcpListener::from_std(l).map_err(|e| Error::io("serve a jail listener", e))
     };
@@ -343,16 +367,46 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
     for listener in listeners.dns_tcp {
         resolvers.push(tokio::spawn(crate::dns::serve_tcp(from_std(listener)?)));
     }
-    jailed.0.start()?;
-    // The command shares our process group: the terminal's signals reach it directly.
-    let outcome = child::supervise(&mut jailed, config.timeout, &mut signals, true).await;
-    drop(jailed);
+    Ok(resolvers)
+}
+
+/// `--docker-run`: a container whose network namespace is jailed like a strong jail's (see
+/// [`crate::jail::docker`]). The arguments were checked by `config`.
+async fn docker_run(
+    config: &Config,
+    args: &[OsString],
+    mut signals: Signals,
+) -> Result<i32, Error> {
+    // Root and the client first: cheap checks, before anything is started.
+    let docker = docker::Session::check_local()?;
+    let mut services = Services::start(config).await?;
+    let files = CommandFiles::write(&services.authority)?;
+    let session = docker::Session::connect(docker).await?;
+    let (jail, listeners) = session.create().await?;
+    let outcome = async {
+        let resolvers = serve_jail(&mut services, listeners)?;
+        let interactive = child::is_interactive();
+        let run_args = jail.run_args(args, &files.bundle(), &files.certs());
+        let mut run = jail.spawn(run_args, interactive)?;
+        let outcome = child::supervise(&mut run, config.timeout, &mut signals, interactive).await;
+        Ok::<_, Error>((outcome, resolvers))
+    }
+    .await;
+    // The container is gone (or killed now) before the proxy stops serving it.
+    jail.remove().await;
+    let (outcome, resolvers) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            services.stop().await;
+            return Err(e);
+        }
+    };
     for resolver in resolvers {
         resolver.abort();
     }
     services.stop().await;
     drop(files);
-    report_outcome(command, &outcome);
+    report_outcome(&[OsString::from("docker")], &outcome);
     Ok(outcome.exit_code())
 }
 
@@ -423,13 +477,29 @@ async fn wait_for_stop_signal() {
 }
 
 /// `--cleanup`: remove what killed runs left behind.
-fn cleanup() -> Result<i32, Error> {
+async fn cleanup() -> Result<i32, Error> {
     let removed = crate::runtime_dir::cleanup_stale()
         .map_err(|e| Error::io("clean up run directories", e))?;
     for path in &removed {
         eprintln!("httpjail: removed {}", path.display());
     }
-    if removed.is_empty() {
+    let mut nothing = removed.is_empty();
+    // Containers of killed `--docker-run`s, when Docker is installed at all.
+    if let Ok(docker) = docker::Docker::find() {
+        match docker::cleanup::remove_stale(&docker).await {
+            Ok(report) => {
+                for id in &report.removed {
+                    eprintln!("httpjail: removed container {id}");
+                }
+                for id in &report.stopped {
+                    eprintln!("httpjail: stopped container {id}");
+                }
+                nothing &= report.removed.is_empty() && report.stopped.is_empty();
+            }
+            Err(e) => eprintln!("httpjail: containers not checked: {e}"),
+        }
+    }
+    if nothing {
         eprintln!("httpjail: nothing to clean up");
     }
     Ok(exit_code::SUCCESS)

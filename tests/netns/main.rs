@@ -11,10 +11,20 @@
 mod support;
 
 // The local upstreams and the test CA of the `it` suite (`upstream` refers to `super::tls`).
-#[allow(dead_code, unreachable_pub, clippy::unwrap_used, reason = "shared test support")]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "shared test support"
+)]
 #[path = "../it/support/tls.rs"]
 mod tls;
-#[allow(dead_code, unreachable_pub, clippy::unwrap_used, reason = "shared test support")]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "shared test support"
+)]
 #[path = "../it/support/upstream.rs"]
 mod upstream;
 
@@ -23,5 +33,7 @@ mod basics;
 #[allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
 mod binary;
 mod confinement;
+#[allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
+mod docker;
 mod lifetime;
 mod rootless;

@@ -381,6 +381,8 @@ async fn docker_run(
     let docker = docker::Session::check_local()?;
     let mut services = Services::start(config).await?;
     let files = CommandFiles::write(&services.authority)?;
+    docker::share_ca_files(&files.bundle(), &files.certs())
+        .map_err(|e| Error::io("make the CA files readable in the container", e))?;
     let session = docker::Session::connect(docker).await?;
     let (jail, listeners) = session.create().await?;
     let outcome = async {

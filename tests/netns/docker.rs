@@ -9,6 +9,7 @@
 
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -301,6 +302,7 @@ async fn http_allowed_denied_dns_non_http_and_the_exit_code() {
         nslookup some-random-name-8c1f.example; \
         wget -qO- http://192.0.2.77:8080/; echo tcp8080_rc=$?; \
         wget -qO- http://[2001:db8::1]:80/; echo ipv6_rc=$?; \
+        busybox grep CapBnd /proc/self/status; \
         exit 7";
     let log = w.log_path();
     let out = run(w.httpjail(&[
@@ -360,6 +362,22 @@ async fn http_allowed_denied_dns_non_http_and_the_exit_code() {
     );
     // No IPv6 way out either (Docker leaves IPv6 disabled in this namespace).
     assert!(out.stdout.contains("ipv6_rc=1"), "{out:?}");
+    // No capability that could undo the jail, CAP_NET_RAW (a Docker default) included.
+    let bounding = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no CapBnd line: {out:?}"));
+    for (name, bit) in [
+        ("NET_ADMIN", 12),
+        ("NET_RAW", 13),
+        ("SYS_MODULE", 16),
+        ("SYS_PTRACE", 19),
+        ("SYS_ADMIN", 21),
+    ] {
+        assert_eq!(bounding & (1 << bit), 0, "{name} in {bounding:x}");
+    }
     assert_nothing_left(&w, out.pid);
 }
 
@@ -401,8 +419,17 @@ async fn https_is_intercepted_with_our_ca_mounted_in_the_container() {
     for m in &mounts {
         args.extend(["-v", m]);
     }
-    args.extend([IMAGE, "sh", "-c", script]);
-    let out = run(w.httpjail(&args));
+    // Not root in the container, and httpjail under umask 077: the CA must still be readable.
+    args.extend(["--user", "1000:1000", IMAGE, "sh", "-c", script]);
+    let mut cmd = w.httpjail(&args);
+    // SAFETY: umask is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            Ok(())
+        });
+    }
+    let out = run(cmd);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("\"path\":\"/tls\""), "{out:?}");
     assert!(out.stdout.contains("denied=403"), "{out:?}");

@@ -62,6 +62,23 @@ pub const CA_BUNDLE_IN_CONTAINER: &str = "/etc/httpjail/ca-bundle.pem";
 /// Where the OpenSSL hashed directory of the CA appears inside the container.
 pub const CA_DIR_IN_CONTAINER: &str = "/etc/httpjail/certs";
 
+/// Makes the CA files mounted into the container readable by any user there: the container
+/// may run as any uid, and httpjail's umask (077 under some sudo set-ups) may have made them
+/// private. They hold certificates only; on the host they stay inside the run directory,
+/// which only httpjail's user can enter.
+pub fn share_ca_files(bundle: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    mode(bundle, 0o644)?;
+    mode(dir, 0o755)?;
+    for entry in std::fs::read_dir(dir)? {
+        mode(&entry?.path(), 0o644)?;
+    }
+    Ok(())
+}
+
 /// Why `--docker-run` could not run. Every message names the step; [`Self::hint`] says what to
 /// do.
 #[derive(Debug, thiserror::Error)]

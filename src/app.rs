@@ -486,6 +486,19 @@ async fn cleanup() -> Result<i32, Error> {
         eprintln!("httpjail: removed {}", path.display());
     }
     let mut nothing = removed.is_empty();
+    // Strong jails whose supervisor outlived its httpjail.
+    match crate::jail::linux::cleanup::cleanup() {
+        Ok(report) => {
+            for pid in &report.killed {
+                eprintln!("httpjail: stopped the jail of supervisor {pid}");
+            }
+            for (pid, why) in &report.failed {
+                eprintln!("httpjail: cannot stop the jail of supervisor {pid}: {why}");
+            }
+            nothing &= report.killed.is_empty() && report.failed.is_empty();
+        }
+        Err(e) => eprintln!("httpjail: jails not checked: {e}"),
+    }
     // Containers of killed `--docker-run`s, when Docker is installed at all.
     if let Ok(docker) = docker::Docker::find() {
         match docker::cleanup::remove_stale(&docker).await {

@@ -25,9 +25,6 @@ const APPLETS: &[&str] = &[
 ];
 const BUSYBOX: &str = "/bin/busybox";
 
-/// Serializes the import of the test image within this process.
-static IMAGE_LOCK: Mutex<()> = Mutex::new(());
-
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
@@ -56,7 +53,8 @@ fn prerequisites() -> bool {
         }
         Ok(_) => {}
     }
-    let _guard = IMAGE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // One import at a time, across test processes (two would leave an untagged image).
+    let _guard = lock_file("httpjail-docker-tests-image.lock", true);
     if docker(&["image", "inspect", IMAGE]).status.success() {
         return true;
     }
@@ -94,22 +92,26 @@ fn prerequisites_locked(exclusive: bool) -> Option<nix::fcntl::Flock<std::fs::Fi
     if !prerequisites() {
         return None;
     }
+    Some(lock_file("httpjail-docker-tests.lock", exclusive))
+}
+
+/// A lock on a file of the temporary directory, held until dropped (works across processes,
+/// and across threads that each open the file).
+fn lock_file(name: &str, exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(std::env::temp_dir().join("httpjail-docker-tests.lock"))
+        .open(std::env::temp_dir().join(name))
         .unwrap();
     let mode = if exclusive {
         nix::fcntl::FlockArg::LockExclusive
     } else {
         nix::fcntl::FlockArg::LockShared
     };
-    Some(
-        nix::fcntl::Flock::lock(file, mode)
-            .map_err(|(_, e)| e)
-            .unwrap(),
-    )
+    nix::fcntl::Flock::lock(file, mode)
+        .map_err(|(_, e)| e)
+        .unwrap()
 }
 
 /// An HTTP upstream on :80 and an HTTPS one on :443 of a loopback address of their own, known

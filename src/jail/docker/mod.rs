@@ -121,6 +121,11 @@ impl Error {
                  works; --docker-run needs a daemon on this machine"
                     .into(),
             ),
+            // The strong jail's own hint for a missing tool suggests --weak, which does not
+            // apply here.
+            Self::Network(crate::jail::Error::MissingTool { package, .. }) => {
+                Some(format!("install the `{package}` package"))
+            }
             Self::Network(e) => e.hint(),
             _ => None,
         }
@@ -295,14 +300,22 @@ fn labels(instance: &Instance, role: &str) -> Vec<String> {
 
 /// Imports the pause image unless the daemon has it.
 async fn ensure_pause_image(docker: &Docker) -> Result<(), Error> {
-    if docker
-        .run(
-            "inspect the pause image",
-            ["image", "inspect", "--format={{.Id}}", pause::IMAGE],
-        )
-        .await
-        .is_ok()
-    {
+    let present = || async {
+        docker
+            .run(
+                "inspect the pause image",
+                ["image", "inspect", "--format={{.Id}}", pause::IMAGE],
+            )
+            .await
+            .is_ok()
+    };
+    if present().await {
+        return Ok(());
+    }
+    // httpjails starting together on a fresh machine would each import it, leaving untagged
+    // copies behind: one imports, the others wait for it and find the image.
+    let _lock = import_lock().await;
+    if present().await {
         return Ok(());
     }
     let arch = std::env::consts::ARCH;
@@ -324,6 +337,25 @@ async fn ensure_pause_image(docker: &Docker) -> Result<(), Error> {
         )
         .await
         .map(drop)
+}
+
+/// An exclusive lock on `docker-pause-image.lock` in httpjail's private per-user directory
+/// (it exists: the run directory was made in it). `None` when it cannot be had: importing
+/// twice is harmless, only untidy.
+async fn import_lock() -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let path = crate::runtime_dir::base_dir().join("docker-pause-image.lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// A pause container whose network namespace is jailed, and the user's container once

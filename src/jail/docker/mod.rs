@@ -267,10 +267,21 @@ impl Session {
             ]
             .map(String::from),
         );
-        let id = self
+        let id = match self
             .docker
             .run("start the pause container", &run_args)
-            .await?;
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                // It may exist without running (a failed start): remove it, best effort.
+                let _ = self
+                    .docker
+                    .run("remove the pause container", ["rm", "-f", &name])
+                    .await;
+                return Err(e);
+            }
+        };
         let jail = DockerJail {
             docker: self.docker,
             instance: self.instance,

@@ -3,7 +3,7 @@
 //!
 //! What a SIGKILLed httpjail leaves: its pause container (running, a jail whose listeners are
 //! closed: nothing gets out) and possibly the user's container, still running in that
-//! namespace. A container is stale when its [`LABEL_INSTANCE`](super::LABEL_INSTANCE) names an
+//! namespace. A container is stale when its [`LABEL_INSTANCE`] names an
 //! httpjail of this boot whose process is gone ([`Instance::is_gone`]). Stale pause containers
 //! are removed; stale user containers are killed (Docker removes them if they were started
 //! with `--rm`; otherwise they stay, stopped, as after a plain `docker run`). Containers of

@@ -17,7 +17,8 @@ use crate::child::{self, CommandSpec, Outcome, Supervised};
 use crate::config::{Config, JailKind, Mode};
 use crate::env::{self, CommandEnv};
 use crate::error::{Error, exit_code};
-use crate::jail::linux::{ExitOutcome, JailSpec, RunAs, StrongJail};
+use crate::jail::docker;
+use crate::jail::linux::{ExitOutcome, JailListeners, JailSpec, RunAs, StrongJail};
 use crate::proxy::body::BoxError;
 use crate::proxy::{Entry, Interceptor, Proxy, ProxySettings};
 use crate::request_log::{LogWriter, RequestLog};
@@ -78,30 +79,12 @@ async fn run_async(config: Config, signals: Option<Signals>) -> Result<i32, Erro
             command,
             jail: JailKind::Strong,
         } => strong(&config, command, signals.unwrap_or_else(Signals::none)).await,
-        Mode::Cleanup => cleanup(),
+        Mode::DockerRun { args } => {
+            docker_run(&config, args, signals.unwrap_or_else(Signals::none)).await
+        }
+        Mode::Cleanup => cleanup().await,
         Mode::Replay { log, format } => crate::policy::run_replay(&config, log, *format).await,
         Mode::Learn { log } => crate::policy::run_learn(log),
-        other => Err(Error::Message(format!(
-            "{} is not available in this build yet",
-            mode_name(other)
-        ))),
-    }
-}
-
-fn mode_name(mode: &Mode) -> &'static str {
-    match mode {
-        Mode::Run {
-            jail: JailKind::Strong,
-            ..
-        } => "strong mode (use --weak for now)",
-        Mode::Run { .. } => "running a command",
-        Mode::Server { .. } => "--server",
-        Mode::Test { .. } => "--test",
-        Mode::DockerRun { .. } => "--docker-run",
-        Mode::Cleanup => "--cleanup",
-        Mode::Trust(_) => "trust",
-        Mode::Replay { .. } => "replay",
-        Mode::Learn { .. } => "learn",
     }
 }
 
@@ -228,7 +211,31 @@ impl CommandFiles {
             .map_err(|e| Error::io(format!("create `{}`", certs.display()), e))?;
         crate::cert_dir::write_hashed(&certs, authority.cert_der(), authority.cert_pem())
             .map_err(|e| Error::io(format!("write the CA into `{}`", certs.display()), e))?;
-        Ok(Self { dir })
+        let files = Self { dir };
+        files.make_readable().map_err(|e| {
+            Error::io(
+                format!("set permissions in `{}`", files.dir.path().display()),
+                e,
+            )
+        })?;
+        Ok(files)
+    }
+
+    /// The command may run as another user (the sudo user, a container's user) and httpjail's
+    /// umask may be 077: the certificates (nothing secret) get explicit read permissions. The
+    /// run directory itself stays private to httpjail's user (or the sudo user it is shared
+    /// with).
+    fn make_readable(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        };
+        mode(&self.bundle(), 0o644)?;
+        mode(&self.certs(), 0o755)?;
+        for entry in std::fs::read_dir(self.certs())? {
+            mode(&entry?.path(), 0o644)?;
+        }
+        Ok(())
     }
 
     fn bundle(&self) -> std::path::PathBuf {
@@ -327,6 +334,26 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
         .await
         .map_err(|e| Error::Message(format!("strong jail set-up panicked: {e}")))??;
     let mut jailed = Jailed(jail);
+    let resolvers = serve_jail(&mut services, listeners)?;
+    jailed.0.start()?;
+    // The command shares our process group: the terminal's signals reach it directly.
+    let outcome = child::supervise(&mut jailed, config.timeout, &mut signals, true).await;
+    drop(jailed);
+    for resolver in resolvers {
+        resolver.abort();
+    }
+    services.stop().await;
+    drop(files);
+    report_outcome(command, &outcome);
+    Ok(outcome.exit_code())
+}
+
+/// Serves a jail's listeners: 80/443 with the proxy (transparent entries), 53 with the
+/// resolver. Returns the resolver tasks, to abort when the jail ends.
+fn serve_jail(
+    services: &mut Services,
+    listeners: JailListeners,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
     let from_std = |l: std::net::TcpListener| {
         TcpListener::from_std(l).map_err(|e| Error::io("serve a jail listener", e))
     };
@@ -345,16 +372,47 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
     for listener in listeners.dns_tcp {
         resolvers.push(tokio::spawn(crate::dns::serve_tcp(from_std(listener)?)));
     }
-    jailed.0.start()?;
-    // The command shares our process group: the terminal's signals reach it directly.
-    let outcome = child::supervise(&mut jailed, config.timeout, &mut signals, true).await;
-    drop(jailed);
+    Ok(resolvers)
+}
+
+/// `--docker-run`: a container whose network namespace is jailed like a strong jail's (see
+/// [`crate::jail::docker`]). The arguments were checked by `config`.
+async fn docker_run(
+    config: &Config,
+    args: &[OsString],
+    mut signals: Signals,
+) -> Result<i32, Error> {
+    // Root and the client first: cheap checks, before anything is started.
+    let docker = docker::Session::check_local()?;
+    let mut services = Services::start(config).await?;
+    // Readable by any user in the container (see `CommandFiles::make_readable`).
+    let files = CommandFiles::write(&services.authority)?;
+    let session = docker::Session::connect(docker).await?;
+    let (jail, listeners) = session.create().await?;
+    let outcome = async {
+        let resolvers = serve_jail(&mut services, listeners)?;
+        let interactive = child::is_interactive();
+        let run_args = jail.run_args(args, &files.bundle(), &files.certs());
+        let mut run = jail.spawn(run_args, interactive)?;
+        let outcome = child::supervise(&mut run, config.timeout, &mut signals, interactive).await;
+        Ok::<_, Error>((outcome, resolvers))
+    }
+    .await;
+    // The container is gone (or killed now) before the proxy stops serving it.
+    jail.remove().await;
+    let (outcome, resolvers) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            services.stop().await;
+            return Err(e);
+        }
+    };
     for resolver in resolvers {
         resolver.abort();
     }
     services.stop().await;
     drop(files);
-    report_outcome(command, &outcome);
+    report_outcome(&[OsString::from("docker")], &outcome);
     Ok(outcome.exit_code())
 }
 
@@ -425,13 +483,42 @@ async fn wait_for_stop_signal() {
 }
 
 /// `--cleanup`: remove what killed runs left behind.
-fn cleanup() -> Result<i32, Error> {
+async fn cleanup() -> Result<i32, Error> {
     let removed = crate::runtime_dir::cleanup_stale()
         .map_err(|e| Error::io("clean up run directories", e))?;
     for path in &removed {
         eprintln!("httpjail: removed {}", path.display());
     }
-    if removed.is_empty() {
+    let mut nothing = removed.is_empty();
+    // Strong jails whose supervisor outlived its httpjail.
+    match crate::jail::linux::cleanup::cleanup() {
+        Ok(report) => {
+            for pid in &report.killed {
+                eprintln!("httpjail: stopped the jail of supervisor {pid}");
+            }
+            for (pid, why) in &report.failed {
+                eprintln!("httpjail: cannot stop the jail of supervisor {pid}: {why}");
+            }
+            nothing &= report.killed.is_empty() && report.failed.is_empty();
+        }
+        Err(e) => eprintln!("httpjail: jails not checked: {e}"),
+    }
+    // Containers of killed `--docker-run`s, when Docker is installed at all.
+    if let Ok(docker) = docker::Docker::find() {
+        match docker::cleanup::remove_stale(&docker).await {
+            Ok(report) => {
+                for id in &report.removed {
+                    eprintln!("httpjail: removed container {id}");
+                }
+                for id in &report.stopped {
+                    eprintln!("httpjail: stopped container {id}");
+                }
+                nothing &= report.removed.is_empty() && report.stopped.is_empty();
+            }
+            Err(e) => eprintln!("httpjail: containers not checked: {e}"),
+        }
+    }
+    if nothing {
         eprintln!("httpjail: nothing to clean up");
     }
     Ok(exit_code::SUCCESS)

@@ -377,6 +377,8 @@ pub enum Error {
     SecretTwice { var: String },
     #[error("sudo user `{name}` (from SUDO_USER) is not a known user")]
     UnknownSudoUser { name: String },
+    #[error(transparent)]
+    DockerArgs(#[from] crate::jail::docker::args::ArgError),
 }
 
 impl Config {
@@ -563,6 +565,21 @@ fn rule_source(rule: &RuleArgs) -> Result<RuleSource, Error> {
     Ok(RuleSource::None)
 }
 
+/// Refuses `docker run` options that would defeat the jail (see [`crate::jail::docker::args`]).
+fn docker_args(args: &[OsString], env: &dyn Environment) -> Result<(), Error> {
+    let socket = env
+        .var_os(env::DOCKER_HOST)
+        .and_then(|host| {
+            let host = host.to_string_lossy().into_owned();
+            host.strip_prefix("unix://").map(PathBuf::from)
+        })
+        .into_iter()
+        .collect::<Vec<_>>();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    crate::jail::docker::args::check(args, &socket, &cwd)?;
+    Ok(())
+}
+
 fn mode(run: &RunArgs, env: &dyn Environment) -> Result<Mode, Error> {
     let mut chosen: Vec<&'static str> = Vec::new();
     if run.server {
@@ -622,6 +639,7 @@ fn mode(run: &RunArgs, env: &dyn Environment) -> Result<Mode, Error> {
         if run.command.is_empty() {
             return Err(Error::NoDockerArgs);
         }
+        docker_args(&run.command, env)?;
         return Ok(Mode::DockerRun {
             args: run.command.clone(),
         });

@@ -28,6 +28,8 @@ pub const HOME: &str = "HOME";
 pub const SUDO_USER: &str = "SUDO_USER";
 pub const SUDO_UID: &str = "SUDO_UID";
 pub const SUDO_GID: &str = "SUDO_GID";
+/// The Docker daemon's address; a `unix://` socket it names is protected like the default one.
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
 
 /// What a `--sh` rule receives, one variable per field of the request (SPEC section 2).
 pub mod rule {

@@ -34,6 +34,8 @@ pub enum Error {
     Ca(#[from] crate::ca::Error),
     #[error(transparent)]
     Jail(#[from] crate::jail::Error),
+    #[error(transparent)]
+    Docker(#[from] crate::jail::docker::Error),
     #[error("{0}")]
     Message(String),
     #[error("{what}")]
@@ -57,6 +59,7 @@ impl Error {
         match self {
             Self::Rules(e) => e.hint(),
             Self::Jail(e) => e.hint(),
+            Self::Docker(e) => e.hint(),
             _ => None,
         }
     }

@@ -321,6 +321,22 @@ fn ensure_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
             }
         }
     }
+    // Under sudo, creating `~/.config/httpjail` for the user is expected; creating the user's
+    // home directory itself (as root) is not: that is the system's job.
+    if owner.is_some()
+        && let Some(top) = missing.last().filter(|_| missing.len() > 2)
+    {
+        return Err(Error::CreateDir {
+            path: dir.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "`{}` does not exist, and httpjail does not create a user's home directory",
+                    top.display()
+                ),
+            ),
+        });
+    }
     for path in missing.into_iter().rev() {
         match fs::DirBuilder::new().mode(0o700).create(path) {
             Ok(()) => {

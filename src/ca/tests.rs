@@ -459,6 +459,28 @@ fn under_sudo_created_files_and_directories_belong_to_the_user() {
     );
 }
 
+#[test]
+fn under_sudo_a_missing_home_is_an_error_not_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home-that-does-not-exist");
+    let dir = home.join(".config").join("httpjail");
+    let location = CaLocation {
+        cert: dir.join("ca-cert.pem"),
+        key: dir.join("ca-key.pem"),
+        managed_dir: Some(dir),
+        owner: Some((65534, 65534)),
+    };
+    let err = Authority::load_or_create(&location).unwrap_err().chain();
+    assert!(
+        err.contains("home-that-does-not-exist") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(
+        !home.exists(),
+        "httpjail must not create a user's home directory"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Leaves
 

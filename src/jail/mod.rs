@@ -2,12 +2,15 @@
 //!
 //! - [`linux`]: the strong jail (SPEC section 7), a network namespace whose only way out is
 //!   httpjail's listeners, with or without root.
+//! - [`docker`]: `--docker-run`, a container whose network namespace is configured the same way.
 //! - [`harden_process`]: what httpjail does to its own process so that a jailed (or weakly
 //!   jailed) command cannot read its memory.
 //!
 //! This module knows nothing of HTTP: it hands listener sockets to `app`, which gives them to
 //! the proxy and to [`crate::dns`]. It never touches the host's network namespace.
 
+#[cfg(target_os = "linux")]
+pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod linux;
 

@@ -97,7 +97,7 @@ impl Shared {
                     &ctx,
                     "",
                     DenyReason::MalformedRequest,
-                    format!("not a TLS client hello: {e}"),
+                    format!("TLS ClientHello refused (not TLS, or parameters we do not accept): {e}"),
                 );
                 return;
             }

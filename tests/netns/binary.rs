@@ -228,7 +228,7 @@ async fn sudo_user_runs_the_command_and_can_read_the_ca_bundle() {
     }
     let (uid, _) = test_user();
     let w = World::new().await;
-    let mut cmd = w.httpjail(&[
+    let inner = w.httpjail(&[
         "--js",
         "true",
         "--",
@@ -236,7 +236,16 @@ async fn sudo_user_runs_the_command_and_can_read_the_ca_bundle() {
         "-c",
         "id -u; curl -sS https://name.test/as-user",
     ]);
-    cmd.env("SUDO_USER", TEST_USER);
+    // A restrictive umask (common under sudo) must not make the CA files unreadable to the user.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear()
+        .env("PATH", support::JAIL_PATH)
+        .env("HOME", w.home.path())
+        .env("SUDO_USER", TEST_USER)
+        .stdin(Stdio::null());
     let out = Out::from(cmd.output().unwrap());
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(

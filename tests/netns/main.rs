@@ -33,5 +33,7 @@ mod basics;
 #[allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
 mod binary;
 mod confinement;
+#[allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
+mod docker;
 mod lifetime;
 mod rootless;

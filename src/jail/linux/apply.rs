@@ -63,10 +63,14 @@ pub(crate) fn find_tool(name: &str, package: &str, dirs: &[&Path]) -> Result<Pat
         })
 }
 
-/// Whether the kernel has IPv6 (it may be booted with `ipv6.disable=1`). Reads the calling
-/// thread's network namespace, so call it inside the jail.
+/// Whether the jail's namespace has IPv6: the kernel may be booted with `ipv6.disable=1`, and
+/// Docker disables IPv6 in a container's namespace (`--docker-run`) unless its network has
+/// IPv6. Reads the calling *thread's* namespace (`/proc/thread-self`, since `/proc/net` is the
+/// main thread's view), so call it inside the jail.
 pub(crate) fn ipv6_available() -> bool {
-    Path::new("/proc/net/if_inet6").exists()
+    Path::new("/proc/thread-self/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+            .map_or(true, |v| v.trim() != "1")
 }
 
 /// Brings up `lo` with the jail addresses and default routes ([`plan::link_steps`]).

@@ -368,7 +368,7 @@ pub fn test_user() -> (u32, u32) {
         let _ = Command::new("useradd")
             .args([
                 "--system",
-                "--no-create-home",
+                "--create-home",
                 "--shell",
                 "/usr/sbin/nologin",
                 TEST_USER,
@@ -376,6 +376,13 @@ pub fn test_user() -> (u32, u32) {
             .status();
     }
     let user = lookup().expect("the test user exists");
+    // Like a real sudo user, the test user has a home (httpjail keeps its CA there and does not
+    // create home directories).
+    if !user.dir.exists() {
+        let _ = std::fs::create_dir_all(&user.dir);
+        let _ =
+            std::os::unix::fs::chown(&user.dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()));
+    }
     (user.uid.as_raw(), user.gid.as_raw())
 }
 

@@ -97,7 +97,9 @@ impl Shared {
                     &ctx,
                     "",
                     DenyReason::MalformedRequest,
-                    format!("TLS ClientHello refused (not TLS, or parameters we do not accept): {e}"),
+                    format!(
+                        "TLS ClientHello refused (not TLS, or parameters we do not accept): {e}"
+                    ),
                 );
                 return;
             }

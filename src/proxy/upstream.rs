@@ -23,7 +23,6 @@ use tokio_rustls::TlsConnector;
 
 use super::address::is_dialable;
 use super::body::ProxyBody;
-use super::io::ReadAhead;
 use crate::config::{IpNet, ResolveOverride};
 
 /// Why the proxy could not reach an upstream.
@@ -157,11 +156,9 @@ impl ConnectorInner {
                 host: host.clone(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, e),
             })?;
-            // Large socket reads under rustls's 4 KiB ones: a streamed download makes a
-            // quarter of the system calls (see `ReadAhead`).
             let tls = self
                 .tls
-                .connect(name, ReadAhead::new(tcp))
+                .connect(name, tcp)
                 .await
                 .map_err(|source| ConnectError::Tls {
                     host: host.clone(),
@@ -259,7 +256,7 @@ impl tower_service::Service<Uri> for Connector {
 #[derive(Debug)]
 pub enum UpstreamIo {
     Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 impl Connection for UpstreamIo {

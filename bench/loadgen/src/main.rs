@@ -65,17 +65,12 @@ struct Cfg {
     timeout: Duration,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: loadgen --target IP:PORT [--proxy none|absolute|connect] [--tls] \
+const USAGE: &str = "usage: loadgen --target IP:PORT [--proxy none|absolute|connect] [--tls] \
          --host NAME | --hosts-file FILE  --port PORT [--path /p] [--ca PEM]... \
          [-c N] [-d SECS] [--warmup SECS] [--new-conn] [--count N] [--idle N] [--settle SECS] \
-         [--threads N] [--watch NAME=PID[,PID]]... [--expect-status 200] [--resume]"
-    );
-    std::process::exit(2)
-}
+         [--threads N] [--watch NAME=PID[,PID]]... [--expect-status 200] [--resume]";
 
-fn parse_args() -> Cfg {
+fn parse_args() -> Result<Cfg, String> {
     let mut cfg = Cfg {
         target: "127.0.0.1:0".parse().expect("literal"),
         proxy: ProxyKind::None,
@@ -98,59 +93,65 @@ fn parse_args() -> Cfg {
         timeout: Duration::from_secs(30),
     };
     let mut args = std::env::args().skip(1);
-    let secs = |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage()));
+    let bad = |flag: &str| format!("loadgen: bad or missing value for `{flag}`\n{USAGE}");
+    let secs = |v: String, flag: &str| -> Result<Duration, String> {
+        v.parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| bad(flag))
+    };
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage());
+        let mut value = || args.next().ok_or_else(|| bad(&flag));
         match flag.as_str() {
-            "--target" => cfg.target = value().parse().unwrap_or_else(|_| usage()),
+            "--target" => cfg.target = value()?.parse().map_err(|_| bad(&flag))?,
             "--proxy" => {
-                cfg.proxy = match value().as_str() {
+                cfg.proxy = match value()?.as_str() {
                     "none" => ProxyKind::None,
                     "absolute" => ProxyKind::Absolute,
                     "connect" => ProxyKind::Connect,
-                    _ => usage(),
+                    _ => return Err(bad(&flag)),
                 }
             }
             "--tls" => cfg.tls = true,
-            "--host" => cfg.hosts.push(value()),
+            "--host" => cfg.hosts.push(value()?),
             "--hosts-file" => {
-                let text = std::fs::read_to_string(value()).unwrap_or_else(|e| {
-                    eprintln!("loadgen: hosts file: {e}");
-                    std::process::exit(2)
-                });
+                let text = std::fs::read_to_string(value()?)
+                    .map_err(|e| format!("loadgen: hosts file: {e}"))?;
                 cfg.hosts
                     .extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
             }
-            "--port" => cfg.port = value().parse().unwrap_or_else(|_| usage()),
-            "--path" => cfg.path = value(),
-            "--ca" => cfg.ca.push(PathBuf::from(value())),
-            "-c" => cfg.concurrency = value().parse().unwrap_or_else(|_| usage()),
-            "-d" => cfg.duration = secs(value()),
-            "--warmup" => cfg.warmup = secs(value()),
+            "--port" => cfg.port = value()?.parse().map_err(|_| bad(&flag))?,
+            "--path" => cfg.path = value()?,
+            "--ca" => cfg.ca.push(PathBuf::from(value()?)),
+            "-c" => cfg.concurrency = value()?.parse().map_err(|_| bad(&flag))?,
+            "-d" => cfg.duration = secs(value()?, &flag)?,
+            "--warmup" => cfg.warmup = secs(value()?, &flag)?,
             "--new-conn" => cfg.new_conn = true,
-            "--count" => cfg.count = Some(value().parse().unwrap_or_else(|_| usage())),
-            "--idle" => cfg.idle = Some(value().parse().unwrap_or_else(|_| usage())),
-            "--settle" => cfg.settle = secs(value()),
-            "--threads" => cfg.threads = value().parse().unwrap_or_else(|_| usage()),
-            "--timeout" => cfg.timeout = secs(value()),
+            "--count" => cfg.count = Some(value()?.parse().map_err(|_| bad(&flag))?),
+            "--idle" => cfg.idle = Some(value()?.parse().map_err(|_| bad(&flag))?),
+            "--settle" => cfg.settle = secs(value()?, &flag)?,
+            "--threads" => cfg.threads = value()?.parse().map_err(|_| bad(&flag))?,
+            "--timeout" => cfg.timeout = secs(value()?, &flag)?,
             "--watch" => {
-                let v = value();
-                let (name, pids) = v.split_once('=').unwrap_or_else(|| usage());
+                let v = value()?;
+                let (name, pids) = v.split_once('=').ok_or_else(|| bad(&flag))?;
                 let pids = pids
                     .split(',')
-                    .map(|p| p.parse().unwrap_or_else(|_| usage()))
-                    .collect();
+                    .map(|p| p.parse().map_err(|_| bad(&flag)))
+                    .collect::<Result<_, _>>()?;
                 cfg.watch.push((name.to_owned(), pids));
             }
-            "--expect-status" => cfg.expect_status = value().parse().unwrap_or_else(|_| usage()),
+            "--expect-status" => cfg.expect_status = value()?.parse().map_err(|_| bad(&flag))?,
             "--resume" => cfg.resume = true,
-            _ => usage(),
+            _ => return Err(format!("loadgen: unknown flag `{flag}`\n{USAGE}")),
         }
     }
     if cfg.hosts.is_empty() || cfg.port == 0 || cfg.target.port() == 0 {
-        usage();
+        return Err(format!(
+            "loadgen: --target, --port and --host (or --hosts-file) are required\n{USAGE}"
+        ));
     }
-    cfg
+    Ok(cfg)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,8 +390,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(v.len());
-    let e = v.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |e| e + 1);
+    let s = v
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |e| e + 1);
     &v[s..e]
 }
 
@@ -400,22 +407,15 @@ struct Client {
 }
 
 impl Client {
-    fn new(cfg: Cfg) -> Self {
+    fn new(cfg: Cfg) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         for path in &cfg.ca {
-            let certs = CertificateDer::pem_file_iter(path).unwrap_or_else(|e| {
-                eprintln!("loadgen: {}: {e}", path.display());
-                std::process::exit(2)
-            });
+            let fail = |e: &dyn std::fmt::Display| format!("loadgen: {}: {e}", path.display());
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| fail(&e))?;
             for cert in certs {
-                let cert = cert.unwrap_or_else(|e| {
-                    eprintln!("loadgen: {}: {e}", path.display());
-                    std::process::exit(2)
-                });
-                roots.add(cert).unwrap_or_else(|e| {
-                    eprintln!("loadgen: {}: {e}", path.display());
-                    std::process::exit(2)
-                });
+                roots
+                    .add(cert.map_err(|e| fail(&e))?)
+                    .map_err(|e| fail(&e))?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -430,10 +430,10 @@ impl Client {
             // proxy pays for a client it has never seen.
             tls.resumption = rustls::client::Resumption::disabled();
         }
-        Self {
+        Ok(Self {
             cfg,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-        }
+        })
     }
 
     async fn open(&self, host: &str) -> io::Result<Conn> {
@@ -629,8 +629,8 @@ fn groups_json(cfg: &Cfg, before: &Snapshot, after: &Snapshot) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-async fn run_load(cfg: Cfg) {
-    let client = Arc::new(Client::new(cfg.clone()));
+async fn run_load(client: Arc<Client>) {
+    let cfg = client.cfg.clone();
     let started = Instant::now();
     let (record_from, until) = if cfg.count.is_some() {
         (started, None)
@@ -697,8 +697,8 @@ async fn run_load(cfg: Cfg) {
     );
 }
 
-async fn run_idle(cfg: Cfg, n: usize) {
-    let client = Arc::new(Client::new(cfg.clone()));
+async fn run_idle(client: Arc<Client>, n: usize) {
+    let cfg = client.cfg.clone();
     let before = snapshot(&cfg);
     let started = Instant::now();
     // Open with bounded parallelism, each connection serving one request so that the proxy
@@ -777,21 +777,34 @@ async fn run_idle(cfg: Cfg, n: usize) {
     );
 }
 
-fn main() {
-    let cfg = parse_args();
-    let rt = if cfg.threads <= 1 {
+fn main() -> std::process::ExitCode {
+    let client = match parse_args().and_then(Client::new) {
+        Ok(client) => Arc::new(client),
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let built = if client.cfg.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.threads)
+            .worker_threads(client.cfg.threads)
             .enable_all()
             .build()
+    };
+    let rt = match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match client.cfg.idle {
+        Some(n) => rt.block_on(run_idle(client, n)),
+        None => rt.block_on(run_load(client)),
     }
-    .expect("a tokio runtime");
-    match cfg.idle {
-        Some(n) => rt.block_on(run_idle(cfg, n)),
-        None => rt.block_on(run_load(cfg)),
-    }
+    std::process::ExitCode::SUCCESS
 }

@@ -175,11 +175,12 @@ pub struct LoggedBody<B> {
 }
 
 impl<B> LoggedBody<B> {
-    pub fn new(inner: B, completion: Completion) -> Self {
+    /// `completion` is `None` when there is no request log to write to.
+    pub fn new(inner: B, completion: Option<Completion>) -> Self {
         Self {
             inner,
             received: 0,
-            completion: Some(completion),
+            completion,
         }
     }
 

@@ -2,7 +2,9 @@
 //! certificate for the SNI (or the CONNECT target), and serve HTTP/1.1 or HTTP/2 on it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,13 +15,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::body::BoxError;
+use super::body::{BoxError, ProxyBody};
 use super::io::Rewind;
 use super::{ConnCtx, Entry, Shared};
 use crate::request_log::Record;
 use crate::rules::DenyReason;
 use crate::rules::request::normalize_host;
 use crate::shutdown::Shutdown;
+
+/// What the per-request service returns to hyper.
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody>, Infallible>> + Send>>;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -88,22 +94,47 @@ impl Shared {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // The handshake runs in its own boxed future and the stream comes back boxed: the
+        // client hello and handshake state are several KiB, and whatever this future holds
+        // at any await point is kept for as long as the connection stays open.
+        let Some((tls, name)) = Box::pin(self.tls_handshake(io, &ctx)).await else {
+            return;
+        };
+        let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        ctx.tls_name = Some(name);
+        self.serve_http(tls, ctx, protocol).await;
+    }
+
+    /// Reads the client hello, picks the certificate name (CONNECT target, else SNI) and
+    /// completes the handshake. `None` when the connection is over (logged where it counts).
+    async fn tls_handshake<I>(
+        &self,
+        io: I,
+        ctx: &ConnCtx,
+    ) -> Option<(Box<tokio_rustls::server::TlsStream<I>>, String)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let handshake = self.settings.timeouts.client_handshake;
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
         let start = match tokio::time::timeout(handshake, acceptor).await {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 self.log_unparsed(
-                    &ctx,
+                    ctx,
                     "",
                     DenyReason::MalformedRequest,
                     format!(
                         "TLS ClientHello refused (not TLS, or parameters we do not accept): {e}"
                     ),
                 );
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
         let sni = start
             .client_hello()
@@ -116,12 +147,12 @@ impl Shared {
             (None, Some(sni)) => sni,
             (None, None) => {
                 self.log_unparsed(
-                    &ctx,
+                    ctx,
                     "",
                     DenyReason::MalformedRequest,
                     "TLS without SNI: the destination is unknown",
                 );
-                return;
+                return None;
             }
         };
         let config = match self.interceptor.server_config(&name) {
@@ -129,30 +160,23 @@ impl Shared {
             Err(e) => {
                 tracing::error!("cannot issue a certificate for `{name}`: {e}");
                 self.log_unparsed(
-                    &ctx,
+                    ctx,
                     &name,
                     DenyReason::MalformedRequest,
                     "certificate issuance failed",
                 );
-                return;
+                return None;
             }
         };
-        let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
-            Ok(Ok(tls)) => tls,
+        match tokio::time::timeout(handshake, start.into_stream(config)).await {
+            Ok(Ok(tls)) => Some((Box::new(tls), name)),
             Ok(Err(e)) => {
                 // Typically the client does not trust our CA; worth a diagnostic, not a record.
                 tracing::info!("TLS handshake with {} for `{name}` failed: {e}", ctx.client);
-                return;
+                None
             }
-            Err(_) => return,
-        };
-        let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            Protocol::Http2
-        } else {
-            Protocol::Http1
-        };
-        ctx.tls_name = Some(name);
-        self.serve_http(tls, ctx, protocol).await;
+            Err(_) => None,
+        }
     }
 
     async fn serve_http<I>(self: Arc<Self>, io: I, ctx: ConnCtx, protocol: Protocol)
@@ -171,7 +195,14 @@ impl Shared {
             served_flag.store(true, Ordering::Relaxed);
             let this = this.clone();
             let ctx = service_ctx.clone();
-            async move { Ok::<_, Infallible>(this.handle(request, ctx).await) }
+            // Boxed per request: hyper keeps one slot sized for the service future in every
+            // connection, busy or idle. The request future is several KiB (rule engines,
+            // upstream client), so an unboxed one would cost that much per idle connection;
+            // boxed, the slot holds a pointer and the allocation lives only while a request
+            // is in flight.
+            let response: ServiceFuture =
+                Box::pin(async move { Ok::<_, Infallible>(this.handle(request, ctx).await) });
+            response
         });
         let timeouts = &self.settings.timeouts;
         let result = match protocol {
@@ -183,7 +214,9 @@ impl Shared {
                     .keep_alive_interval(Some(timeouts.idle / 4))
                     .keep_alive_timeout(timeouts.client_handshake);
                 let conn = builder.serve_connection(io, service);
-                tokio::pin!(conn);
+                // Boxed: only the protocol in use is allocated, not the largest of the three
+                // inside every connection's task.
+                let mut conn = Box::pin(conn);
                 tokio::select! {
                     r = conn.as_mut() => r,
                     () = shutdown.wait() => {
@@ -200,7 +233,7 @@ impl Shared {
                     .header_read_timeout(timeouts.client_handshake)
                     .max_buf_size(self.settings.max_header_bytes.max(8192));
                 let conn = builder.serve_connection(io, service).with_upgrades();
-                tokio::pin!(conn);
+                let mut conn = Box::pin(conn);
                 tokio::select! {
                     r = conn.as_mut() => r,
                     () = shutdown.wait() => {
@@ -223,7 +256,7 @@ impl Shared {
                     .timer(TokioTimer::new())
                     .max_header_list_size(self.settings.max_header_bytes as u32);
                 let conn = builder.serve_connection_with_upgrades(io, service);
-                tokio::pin!(conn);
+                let mut conn = Box::pin(conn);
                 tokio::select! {
                     r = conn.as_mut() => r,
                     () = shutdown.wait() => {

@@ -30,3 +30,4 @@ pub mod rules;
 pub mod runtime_dir;
 pub mod shutdown;
 pub mod signals;
+pub mod tls;

@@ -217,6 +217,9 @@ impl Leaves {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Choose the suite by our preference (AES-128-GCM first, see `crate::tls`), not the
+        // client's: both are among the client's offers either way.
+        config.ignore_client_order = true;
         // Renew at half the remaining lifetime: far from expiry, yet rare.
         let remaining = not_after.duration_since(now).unwrap_or_default();
         Ok(Issued {

@@ -283,7 +283,7 @@ impl Authority {
                 why: format!("its subject or extensions cannot be used for issuing ({e})"),
                 remedy: store::remedy(location),
             })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         Ok(Self {
             cert_pem: roots::der_to_pem(&cert_der),
             cert_der,

@@ -101,7 +101,7 @@ struct ConnectorInner {
 
 impl Connector {
     pub fn new(settings: &UpstreamSettings, alpn: &[&[u8]]) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")

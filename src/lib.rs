@@ -7,6 +7,7 @@
 //! - [`rules`]: the request model, the answer parser and the three rule engines.
 //! - [`ca`]: the certificate authority, leaf certificates, CA bundles and `httpjail trust`.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
+//! - [`secrets`]: `--secret` placeholders, substitution and leak blocking.
 //!
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
@@ -24,5 +25,6 @@ pub mod proxy;
 pub mod request_log;
 pub mod rules;
 pub mod runtime_dir;
+pub mod secrets;
 pub mod shutdown;
 pub mod signals;

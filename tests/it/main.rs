@@ -13,6 +13,7 @@
 //! - `ca`: the CA through `httpjail trust` (several processes at once) and leaves over loopback TLS.
 //! - `proxy`: the proxy in-process against local upstreams, curl as the client.
 //! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
+//! - `secrets`: `--secret` in-process and through `httpjail --weak`, against local upstreams.
 
 mod support;
 
@@ -21,3 +22,4 @@ mod cli;
 mod proxy;
 mod rules_proc;
 mod rules_sh;
+mod secrets;

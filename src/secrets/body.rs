@@ -33,7 +33,9 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
-use super::scan::{Hit, StreamScanner};
+use futures_util::FutureExt as _;
+
+use super::scan::{Case, Hit, StreamScanner};
 use super::substitute::Form;
 use super::{Leak, Place, Policy, Secrets};
 use crate::proxy::body::{BoxError, ProxyBody, full};
@@ -77,39 +79,68 @@ where
     B::Error: Into<BoxError>,
 {
     let matcher = secrets.matcher();
-    let mut scanner = StreamScanner::new();
-    let mut buffer = BytesMut::new();
-    let mut verdict = verdict(policy);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0;
     let complete = loop {
         if body.is_end_stream() {
             break true;
         }
-        if buffer.len() >= BUFFER_LIMIT {
+        if len >= BUFFER_LIMIT {
             break false;
         }
-        let frame = match tokio::time::timeout(IDLE_FLUSH, body.frame()).await {
-            Err(_) => break false,
-            Ok(None) => break true,
-            Ok(Some(Err(e))) => return Prepared::ClientError(e.into()),
-            Ok(Some(Ok(frame))) => frame,
+        // A small body usually arrived with the head; hyper hands it over from the
+        // connection's task once asked. Ask, let that task run, and only then arm a timer.
+        let mut next = body.frame().now_or_never();
+        if next.is_none() {
+            tokio::task::yield_now().await;
+            next = body.frame().now_or_never();
+        }
+        let next = match next {
+            Some(next) => next,
+            None => match tokio::time::timeout(IDLE_FLUSH, body.frame()).await {
+                Ok(next) => next,
+                Err(_) => break false,
+            },
+        };
+        let frame = match next {
+            None => break true,
+            Some(Err(e)) => return Prepared::ClientError(e.into()),
+            Some(Ok(frame)) => frame,
         };
         // Trailers end the body; like every forwarded body, we do not pass them on.
         let Ok(data) = frame.into_data() else {
             break true;
         };
-        if let ControlFlow::Break(hit) = scanner.feed(matcher, &data, &mut verdict) {
-            return Prepared::Leak(secrets.leak(hit, Place::Body, policy));
-        }
-        buffer.extend_from_slice(&data);
+        len += data.len();
+        chunks.push(data);
     };
-    if complete && let ControlFlow::Break(hit) = scanner.finish(matcher, &mut verdict) {
+    let buffer = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
+    };
+    // Scanned as one buffer: a value split across chunks is whole here.
+    let mut verdict = verdict(policy);
+    let mut scanner = StreamScanner::new();
+    let found = if complete {
+        matcher.scan_decoding(&buffer, Case::Exact, &mut verdict)
+    } else {
+        scanner.feed(matcher, &buffer, &mut verdict)
+    };
+    if let ControlFlow::Break(hit) = found {
         return Prepared::Leak(secrets.leak(hit, Place::Body, policy));
     }
     let original_len = buffer.len() as u64;
     let prefix =
         match secrets.substitute_bytes(policy, &buffer, Form::for_content_type(content_type)) {
             Some(substituted) => Bytes::from(substituted),
-            None => buffer.freeze(),
+            None => buffer,
         };
     if complete {
         let len = prefix.len() as u64;

@@ -49,6 +49,12 @@ use scan::{Case, Hit, Matcher, Needle, Target};
 /// A secret value shorter than this is likely to occur in unrelated traffic.
 const SHORT_VALUE: usize = 12;
 
+thread_local! {
+    /// Header names and values of the request being checked (see [`Secrets::check_head`]).
+    static HEADER_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Why the secrets could not be set up (start-up errors, exit 125).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -167,18 +173,16 @@ impl Secrets {
 
     /// Which secrets a request to `host` over `scheme` may carry.
     pub fn policy(&self, scheme: Scheme, host: &str) -> Policy {
-        let bound: Vec<bool> = self
-            .entries
-            .iter()
-            .map(|e| e.hosts.iter().any(|p| p.matches(host)))
-            .collect();
+        let is_bound = |e: &Entry| e.hosts.iter().any(|p| p.matches(host));
+        // Most requests go to hosts no secret is bound to: no allocation for them.
+        let bound = if self.entries.iter().any(is_bound) {
+            self.entries.iter().map(is_bound).collect()
+        } else {
+            Vec::new()
+        };
         Policy {
             https: scheme == Scheme::Https,
-            bound: if bound.iter().any(|b| *b) {
-                bound
-            } else {
-                Vec::new()
-            },
+            bound,
         }
     }
 
@@ -201,20 +205,29 @@ impl Secrets {
             m.scan_decoding(path_and_query.as_bytes(), Case::Exact, f)
         })?;
         // All names, then all values, each in one buffer (NUL cannot occur in either, so no
-        // match can span two headers): two scans per request instead of two per header.
-        let mut names = Vec::with_capacity(256);
-        let mut values = Vec::with_capacity(1024);
-        for (name, value) in headers {
-            names.extend_from_slice(name.as_str().as_bytes());
-            names.push(0);
-            values.extend_from_slice(value.as_bytes());
-            values.push(0);
-        }
-        self.check(policy, Place::HeaderName, |f| {
-            m.scan_decoding(&names, Case::Folded, f)
-        })?;
-        self.check(policy, Place::HeaderValue, |f| {
-            m.scan_decoding(&values, Case::Exact, f)
+        // match can span two headers): two scans per request instead of two per header. The
+        // buffers are reused by the thread.
+        HEADER_BUFFERS.with(|buffers| {
+            let mut fresh = (Vec::new(), Vec::new());
+            let mut borrowed = buffers.try_borrow_mut();
+            let (names, values) = match borrowed.as_deref_mut() {
+                Ok(reused) => reused,
+                Err(_) => &mut fresh,
+            };
+            names.clear();
+            values.clear();
+            for (name, value) in headers {
+                names.extend_from_slice(name.as_str().as_bytes());
+                names.push(0);
+                values.extend_from_slice(value.as_bytes());
+                values.push(0);
+            }
+            self.check(policy, Place::HeaderName, |f| {
+                m.scan_decoding(names, Case::Folded, f)
+            })?;
+            self.check(policy, Place::HeaderValue, |f| {
+                m.scan_decoding(values, Case::Exact, f)
+            })
         })
     }
 

@@ -27,7 +27,7 @@
 use std::borrow::Cow;
 use std::ops::{ControlFlow, Range};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind, packed};
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
@@ -103,12 +103,25 @@ pub struct Target<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Most patterns one SIMD prefilter takes (Teddy's limit).
+const PREFILTER_PATTERNS: usize = 64;
+/// Below this many bytes, the automaton is run directly: prefilter set-up would cost more.
+const PREFILTER_MIN_HAYSTACK: usize = 256;
+
 /// The precomputed automata.
 pub struct Matcher {
+    /// Raw and base64 forms, case-sensitive; confirms what `prefilters` find.
     exact: AhoCorasick,
     exact_info: Vec<Info>,
+    /// SIMD literal searchers (Teddy) over the same patterns, at most
+    /// [`PREFILTER_PATTERNS`] each; empty when the CPU has none (then `exact` scans alone).
+    prefilters: Vec<packed::Searcher>,
+    /// Hex forms, ASCII case-insensitive; run only over runs of hex digits.
     hex: AhoCorasick,
     hex_info: Vec<Info>,
+    /// Length of the shortest hex form: shorter runs of hex digits cannot hold one.
+    min_hex_len: usize,
+    /// Every form, ASCII case-insensitive (host names, header names, redaction).
     folded: AhoCorasick,
     folded_info: Vec<Info>,
     max_len: usize,
@@ -213,17 +226,23 @@ impl Matcher {
             AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
                 .ascii_case_insensitive(case_insensitive)
+                // The automata's own prefilters pick frequent bytes on token-like text and
+                // then crawl; ours (Teddy, hex runs) decide where the automata run.
+                .prefilter(false)
                 .build(patterns.iter().map(|p| p.as_slice()))
         };
         let exact_refs: Vec<_> = exact.iter().collect();
         let hex_refs: Vec<_> = hex.iter().collect();
         let all_refs: Vec<_> = exact.iter().chain(hex.iter()).collect();
         let folded_info = exact_info.iter().chain(hex_info.iter()).copied().collect();
+        let min_hex_len = hex.iter().map(|p| p.len()).min().unwrap_or(usize::MAX);
         Ok(Self {
             exact: build(false, &exact_refs)?,
+            prefilters: prefilters(&exact),
             exact_info,
             hex: build(true, &hex_refs)?,
             hex_info,
+            min_hex_len,
             folded: build(true, &all_refs)?,
             folded_info,
             max_len,
@@ -251,11 +270,45 @@ impl Matcher {
     ) -> Flow {
         match case {
             Case::Exact => {
-                run(&self.exact, &self.exact_info, hay, decoded, f)?;
-                run(&self.hex, &self.hex_info, hay, decoded, f)
+                self.scan_exact(hay, decoded, f)?;
+                self.scan_hex(hay, decoded, f)
             }
             Case::Folded => run(&self.folded, &self.folded_info, hay, decoded, f),
         }
+    }
+
+    /// Raw and base64 forms. Each prefilter reports the leftmost occurrence of one of its
+    /// patterns and resumes after it; every occurrence that starts before that end starts at
+    /// or after its start, so confirming `[start, end + max_len)` with the full automaton finds
+    /// every overlapping hit too.
+    fn scan_exact(&self, hay: &[u8], decoded: bool, f: &mut dyn FnMut(Hit) -> Flow) -> Flow {
+        if self.prefilters.is_empty() || hay.len() < PREFILTER_MIN_HAYSTACK {
+            return run(&self.exact, &self.exact_info, hay, decoded, f);
+        }
+        for prefilter in &self.prefilters {
+            for m in prefilter.find_iter(hay) {
+                let end = (m.end() + self.max_len).min(hay.len());
+                run(
+                    &self.exact,
+                    &self.exact_info,
+                    &hay[m.start()..end],
+                    decoded,
+                    f,
+                )?;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Hex forms, in any case: only runs of at least `min_hex_len` hex digits can hold one.
+    fn scan_hex(&self, hay: &[u8], decoded: bool, f: &mut dyn FnMut(Hit) -> Flow) -> Flow {
+        if self.hex_info.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        for range in hex_runs(hay, self.min_hex_len) {
+            run(&self.hex, &self.hex_info, &hay[range], decoded, f)?;
+        }
+        ControlFlow::Continue(())
     }
 
     /// Reports every hit in `data` and in its decoded views.
@@ -298,6 +351,57 @@ impl Matcher {
     }
 }
 
+/// Teddy searchers over `patterns`, in groups it can take; none when the CPU lacks SIMD.
+fn prefilters(patterns: &[Zeroizing<Vec<u8>>]) -> Vec<packed::Searcher> {
+    if patterns.is_empty() {
+        return Vec::new();
+    }
+    let groups = patterns.len().div_ceil(PREFILTER_PATTERNS);
+    let per_group = patterns.len().div_ceil(groups);
+    let mut searchers = Vec::with_capacity(groups);
+    for group in patterns.chunks(per_group) {
+        let mut builder = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder();
+        builder.extend(group.iter().map(|p| p.as_slice()));
+        match builder.build() {
+            Some(searcher) => searchers.push(searcher),
+            // No SIMD (or a pattern set Teddy refuses): the automaton scans alone.
+            None => return Vec::new(),
+        }
+    }
+    searchers
+}
+
+/// The maximal runs of at least `min` ASCII hex digits in `hay`. Looks at every `min`-th
+/// byte only: a run that long always contains one of them.
+fn hex_runs(hay: &[u8], min: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+    let min = min.max(1);
+    let mut i = min - 1;
+    std::iter::from_fn(move || {
+        while i < hay.len() {
+            if !hay[i].is_ascii_hexdigit() {
+                i += min;
+                continue;
+            }
+            let mut start = i;
+            while start > 0 && hay[start - 1].is_ascii_hexdigit() {
+                start -= 1;
+            }
+            let mut end = i + 1;
+            while end < hay.len() && hay[end].is_ascii_hexdigit() {
+                end += 1;
+            }
+            // hay[end] is not a hex digit: the next run starts after it.
+            i = end + min;
+            if end - start >= min {
+                return Some(start..end);
+            }
+        }
+        None
+    })
+}
+
 fn run(
     ac: &AhoCorasick,
     info: &[Info],
@@ -325,8 +429,12 @@ pub fn has_special(data: &[u8]) -> bool {
     memchr::memchr3(b'%', b'\\', b'\n', data).is_some() || memchr::memchr(b'\r', data).is_some()
 }
 
-fn is_special(b: u8) -> bool {
-    matches!(b, b'%' | b'\\' | b'\n' | b'\r')
+/// Where the next byte the decoder handles is, at or after `from` (`s.len()` if none).
+fn next_special(s: &[u8], from: usize) -> usize {
+    let rest = &s[from..];
+    let a = memchr::memchr3(b'%', b'\\', b'\n', rest).unwrap_or(rest.len());
+    let b = memchr::memchr(b'\r', &rest[..a]).unwrap_or(a);
+    from + b
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -437,10 +545,7 @@ impl Normalizer {
 fn decode(s: &[u8], last: bool, out: &mut Vec<u8>) -> usize {
     let mut i = 0;
     while i < s.len() {
-        let run = s[i..]
-            .iter()
-            .position(|&b| is_special(b))
-            .map_or(s.len(), |p| i + p);
+        let run = next_special(s, i);
         out.extend_from_slice(&s[i..run]);
         i = run;
         if i >= s.len() {
@@ -701,10 +806,14 @@ mod tests {
                 bytes.iter().map(|c| format!("\\x{c:02x}")).collect(),
             ];
             for form in forms {
-                let text = format!("{{\"data\": \"prefix {form} suffix\"}}");
-                let hit = first(&m, text.as_bytes(), Case::Exact)
-                    .unwrap_or_else(|| panic!("missed {needle:?} in {text}"));
-                assert_eq!((hit.secret, hit.needle), (0, needle), "{text}");
+                let short = format!("{{\"data\": \"prefix {form} suffix\"}}");
+                // Long enough for the SIMD prefilter path, with hex-looking filler around.
+                let long = format!("{}{short}{}", "deadbeef, ".repeat(50), " cafe".repeat(60));
+                for text in [short, long] {
+                    let hit = first(&m, text.as_bytes(), Case::Exact)
+                        .unwrap_or_else(|| panic!("missed {needle:?} in {text}"));
+                    assert_eq!((hit.secret, hit.needle), (0, needle), "{text}");
+                }
             }
         }
     }
@@ -821,6 +930,63 @@ mod tests {
         assert_eq!(spans.len(), 2, "{spans:?}");
         assert_eq!(&text.as_bytes()[spans[0].0.clone()], VALUE);
         assert!(b64.contains(&text[spans[1].0.clone()]));
+    }
+
+    #[test]
+    fn hex_runs_finds_every_long_enough_run() {
+        let hay = b"xx0123456789abcdefyy0123zzABCDEF0123456789";
+        let runs: Vec<_> = hex_runs(hay, 10).collect();
+        assert_eq!(runs, [2..18, 26..42]);
+        for min in 1..20 {
+            let expected: Vec<_> = {
+                let mut v = Vec::new();
+                let mut i = 0;
+                while i < hay.len() {
+                    if hay[i].is_ascii_hexdigit() {
+                        let start = i;
+                        while i < hay.len() && hay[i].is_ascii_hexdigit() {
+                            i += 1;
+                        }
+                        if i - start >= min {
+                            v.push(start..i);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                v
+            };
+            assert_eq!(
+                hex_runs(hay, min).collect::<Vec<_>>(),
+                expected,
+                "min {min}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_hits_behind_a_prefilter_match_are_reported() {
+        // Secret 1's value starts inside secret 0's: the prefilter reports only the first
+        // occurrence and resumes after it, the confirmation must still see the second.
+        let m = Matcher::new(&[
+            Target {
+                secret: 0,
+                needle: Needle::Placeholder,
+                bytes: b"first-secret-ABCDEFGH",
+            },
+            Target {
+                secret: 1,
+                needle: Needle::Value,
+                bytes: b"ABCDEFGH-second-secret",
+            },
+        ])
+        .unwrap();
+        for pad in [0, 300] {
+            let text = format!("{0}first-secret-ABCDEFGH-second-secret{0}", ".".repeat(pad));
+            let hits = all(&m, text.as_bytes());
+            assert!(hits.iter().any(|h| h.secret == 0), "{hits:?}");
+            assert!(hits.iter().any(|h| h.secret == 1), "pad {pad}: {hits:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use zeroize::Zeroizing;
+
 use super::Secrets;
 use super::scan::{Case, Matcher, Needle, Target};
 use crate::config::SecretSpec;
@@ -22,30 +24,33 @@ impl Secrets {
     ///   credentials, hex...) is removed, with a warning that names it.
     pub fn patch_env(&self, env: &mut Vec<(OsString, OsString)>) {
         let mut removed = Vec::new();
+        // Copies of real values that we drop are zeroed first.
+        let scrub = |old: OsString| drop(Zeroizing::new(old.into_vec()));
         env.retain_mut(|(name, value)| {
             if let Some(entry) = self
                 .entries
                 .iter()
                 .find(|e| name.as_os_str() == OsStr::new(&e.var))
             {
-                *value = OsString::from(&entry.placeholder);
+                scrub(std::mem::replace(value, OsString::from(&entry.placeholder)));
                 return true;
             }
-            let mut bytes = value.as_bytes().to_vec();
+            let mut bytes = Zeroizing::new(value.as_bytes().to_vec());
             let mut changed = false;
             for entry in &self.entries {
                 let value = entry.value.as_bytes();
                 if let Some(replaced) = replace_all(&bytes, value, entry.placeholder.as_bytes()) {
-                    bytes = replaced;
+                    bytes = Zeroizing::new(replaced);
                     changed = true;
                 }
             }
             if holds_value(&self.matcher, &bytes) {
                 removed.push(name.to_string_lossy().into_owned());
+                scrub(std::mem::take(value));
                 return false;
             }
             if changed {
-                *value = OsString::from_vec(bytes);
+                scrub(std::mem::replace(value, OsString::from_vec(bytes.to_vec())));
             }
             true
         });

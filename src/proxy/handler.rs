@@ -21,7 +21,7 @@ use crate::config::canonical;
 use crate::request_log::Record;
 use crate::rules::request::{normalize_host, split_host_port};
 use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
-use crate::secrets::body::{self as secret_body, LeakCut, Prepared};
+use crate::secrets::body::{self as secret_body, LeakCut, Outgoing};
 use crate::secrets::{Leak, Policy, Secrets};
 
 /// What a request is for, before it becomes a [`RuleRequest`].
@@ -413,42 +413,19 @@ impl Shared {
         // --secret: substitute in the headers; scan (and, for a bound host, substitute in)
         // the body before anything is sent upstream (crate::secrets::body).
         let body = match secrets {
-            Some((secrets, policy)) if !body.is_end_stream() => {
-                secrets.substitute_headers(policy, &mut parts.headers);
-                let declared = content_length(&parts.headers);
-                let content_type = parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                match secret_body::prepare(secrets, policy, body, declared, content_type.as_deref())
-                    .await
+            Some((secrets, policy)) => {
+                match secret_body::prepare_request(secrets, policy, &mut parts.headers, body).await
                 {
-                    Prepared::Forward {
-                        body,
-                        content_length,
-                    } => {
-                        if let Some(len) = content_length {
-                            parts
-                                .headers
-                                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                        }
-                        Either::Right(body)
-                    }
-                    Prepared::Leak(leak) => {
+                    Outgoing::Forward(body) => body,
+                    Outgoing::Leak(leak) => {
                         return self.secret_leak(secrets, &rule_request, &leak, ctx, started);
                     }
-                    Prepared::ClientError(e) => {
-                        let response = reject::bad_request(&format!(
-                            "the request body could not be read: {e}"
-                        ));
+                    Outgoing::ClientError(e) => {
+                        let why = format!("the request body could not be read: {e}");
+                        let response = reject::bad_request(&why);
                         return self.log_failure(&rule_request, response, ctx, started);
                     }
                 }
-            }
-            Some((secrets, policy)) => {
-                secrets.substitute_headers(policy, &mut parts.headers);
-                Either::Left(body)
             }
             None => Either::Left(body),
         };

@@ -30,8 +30,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 
 use futures_util::FutureExt as _;
 
@@ -58,6 +59,57 @@ pub enum Prepared {
     Leak(Leak),
     /// The client's body failed before it was forwarded (aborted upload).
     ClientError(BoxError),
+}
+
+/// What the proxy sends upstream, or why it sends nothing.
+#[derive(Debug)]
+pub enum Outgoing<B> {
+    /// The client's body untouched (none, or no secret configured), or the prepared one.
+    Forward(Either<B, ProxyBody>),
+    /// Deny: the body carries a secret where it may not go. Nothing was sent upstream.
+    Leak(Leak),
+    /// The client's body failed before it was forwarded (aborted upload).
+    ClientError(BoxError),
+}
+
+/// The proxy's hook for an allowed request: substitutes placeholders in `headers` (for a
+/// bound host), then reads, scans and substitutes the start of `body` with [`prepare`] and
+/// fixes `Content-Length`. A request without a body is forwarded as is.
+pub async fn prepare_request<B>(
+    secrets: &Arc<Secrets>,
+    policy: &Policy,
+    headers: &mut HeaderMap,
+    body: B,
+) -> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    secrets.substitute_headers(policy, headers);
+    if body.is_end_stream() {
+        return Outgoing::Forward(Either::Left(body));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match prepare(secrets, policy, body, declared, content_type.as_deref()).await {
+        Prepared::Forward {
+            body,
+            content_length,
+        } => {
+            if let Some(len) = content_length {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            Outgoing::Forward(Either::Right(body))
+        }
+        Prepared::Leak(leak) => Outgoing::Leak(leak),
+        Prepared::ClientError(e) => Outgoing::ClientError(e),
+    }
 }
 
 /// The upstream request was aborted because its body carried a secret (phase 2).

@@ -8,7 +8,8 @@
 //! part are replaced, and a `Content-Length` is corrected by the size difference.
 //!
 //! Phase 2 ([`ScannedBody`]), only for what comes after: streamed, without substitution, but
-//! still scanned chunk by chunk before it is released. The last [`Matcher::hold_back`] bytes
+//! still scanned chunk by chunk before it is released. The last
+//! [`Matcher::hold_back`](super::scan::Matcher::hold_back) bytes
 //! are held until the next chunk has been scanned (or the client pauses), so a secret split
 //! across chunks is seen whole before any of its bytes leave. A leak found here aborts the
 //! upstream request (the upstream receives an incomplete request, never the secret) and the

@@ -20,7 +20,7 @@
 //!
 //! Layout: [`placeholder`] (generation), [`scan`] (encodings and the streaming matcher),
 //! [`substitute`] (URL, headers, body), [`body`] (buffering and streaming request bodies),
-//! [`env`] (the command's and the rule programs' environments), [`redact`] (the request log
+//! [`env`](mod@env) (the command's and the rule programs' environments), [`redact`] (the request log
 //! and the diagnostics never show a real value).
 //!
 //! The real values live in [`Zeroizing`] strings that are zeroed when the last reference to

@@ -428,6 +428,11 @@ async fn past_one_mebibyte_the_body_streams_and_a_late_leak_cuts_it() {
         ])
         .await;
     assert_leak(&got, "value after 2 MiB");
+    // The upstream records the aborted request when it notices the abort: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while f.other.count() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let seen = f.other.seen();
     assert_eq!(seen.len(), 2, "{}", seen.len());
     assert!(

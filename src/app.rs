@@ -24,6 +24,7 @@ use crate::proxy::{Entry, Interceptor, Proxy, ProxySettings};
 use crate::request_log::{LogWriter, RequestLog};
 use crate::rules::{Decision, RuleEngine, RuleRequest};
 use crate::runtime_dir::RuntimeDir;
+use crate::secrets::Secrets;
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::signals::{self, Signals};
 
@@ -125,6 +126,8 @@ fn print_test_result(request: &RuleRequest, decision: &Decision) -> i32 {
 /// Everything that serves requests: shared by weak mode, the strong jail and server mode.
 struct Services {
     proxy: Proxy,
+    /// `--secret`: the placeholders the command's environment gets.
+    secrets: Option<Arc<Secrets>>,
     engine: RuleEngine,
     authority: Arc<Authority>,
     log_writer: Option<LogWriter>,
@@ -137,6 +140,13 @@ impl Services {
         // The rule first: a rule that cannot load is the most likely error, and nothing else
         // should have been created when it is reported.
         let engine = RuleEngine::start(config).await?;
+        // --secret: placeholders and the leak detector, before anything can show a value.
+        let secrets =
+            Secrets::from_config(&config.secrets).map_err(|e| Error::Message(e.to_string()))?;
+        if secrets.is_some() {
+            crate::secrets::harden_process();
+            crate::secrets::redact::install_diagnostics(secrets.clone());
+        }
         let authority = Arc::new(Authority::load_or_create(&config.ca)?);
         let roots = Arc::new(crate::ca::upstream_roots(config.upstream_ca.as_deref())?);
         let (log, log_writer) = match &config.request_log {
@@ -151,10 +161,12 @@ impl Services {
         settings.resolve = config.resolve.clone();
         settings.allow_private = config.allow_private.clone();
         settings.timeouts = config.timeouts.clone();
+        settings.secrets = secrets.clone();
         let proxy = Proxy::new(settings, engine.clone(), authority.clone(), log);
         let (trigger, _) = shutdown::channel();
         Ok(Self {
             proxy,
+            secrets,
             engine,
             authority,
             log_writer,
@@ -188,6 +200,8 @@ impl Services {
         if let Some(writer) = self.log_writer {
             writer.close();
         }
+        // --secret: drop our references so the values are zeroed once the last one goes.
+        crate::secrets::redact::install_diagnostics(None);
     }
 }
 
@@ -261,16 +275,21 @@ async fn weak(config: &Config, command: &[OsString], mut signals: Signals) -> Re
     let proxy_url = format!("http://{proxy_addr}");
     let bundle = files.bundle();
     let certs = files.certs();
+    let mut command_env = env::command_env(
+        std::env::vars_os(),
+        &CommandEnv {
+            proxy_url: Some(&proxy_url),
+            ca_bundle: &bundle,
+            ca_dir: &certs,
+        },
+    );
+    // --secret: the command sees placeholders, never the real values.
+    if let Some(secrets) = &services.secrets {
+        secrets.patch_env(&mut command_env);
+    }
     let spec = CommandSpec {
         argv: command.to_vec(),
-        env: env::command_env(
-            std::env::vars_os(),
-            &CommandEnv {
-                proxy_url: Some(&proxy_url),
-                ca_bundle: &bundle,
-                ca_dir: &certs,
-            },
-        ),
+        env: command_env,
         cwd: None,
     };
     tracing::info!("weak jail: proxy on {proxy_url}");
@@ -317,7 +336,7 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
     }
     let bundle = files.bundle();
     let certs = files.certs();
-    let env = env::command_env(
+    let mut env = env::command_env(
         std::env::vars_os(),
         &CommandEnv {
             proxy_url: None,
@@ -326,6 +345,10 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
         },
     );
     let cwd = std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?;
+    // --secret: the command sees placeholders, never the real values.
+    if let Some(secrets) = &services.secrets {
+        secrets.patch_env(&mut env);
+    }
     let mut spec = JailSpec::new(command.to_vec(), env, cwd);
     if let Some(user) = &config.sudo_user {
         spec.run_as = RunAs::from_sudo_user(user)?;
@@ -392,8 +415,19 @@ async fn docker_run(
     let outcome = async {
         let resolvers = serve_jail(&mut services, listeners)?;
         let interactive = child::is_interactive();
-        let run_args = jail.run_args(args, &files.bundle(), &files.certs());
-        let mut run = jail.spawn(run_args, interactive)?;
+        // --secret: the container and the docker client see placeholders only.
+        let mut client_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut placeholders = Vec::new();
+        if let Some(secrets) = &services.secrets {
+            secrets.patch_env(&mut client_env);
+            for var in secrets.vars() {
+                if let Some(placeholder) = secrets.placeholder(var) {
+                    placeholders.push((OsString::from(var), OsString::from(placeholder)));
+                }
+            }
+        }
+        let run_args = jail.run_args(args, &files.bundle(), &files.certs(), &placeholders);
+        let mut run = jail.spawn(run_args, interactive, &client_env)?;
         let outcome = child::supervise(&mut run, config.timeout, &mut signals, interactive).await;
         Ok::<_, Error>((outcome, resolvers))
     }
@@ -460,6 +494,13 @@ async fn server(
         "httpjail: server: CA certificate for clients: {}",
         services.authority.cert_path().display()
     );
+    // --secret: clients have no environment from us; they need the placeholders to use.
+    if let Some(secrets) = &services.secrets {
+        for var in secrets.vars() {
+            let placeholder = secrets.placeholder(var).unwrap_or_default();
+            eprintln!("httpjail: server: --secret {var}: clients send {placeholder}");
+        }
+    }
     wait_for_stop_signal().await;
     eprintln!("httpjail: server: shutting down (waiting for in-flight requests)");
     services.stop().await;

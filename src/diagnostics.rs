@@ -29,7 +29,8 @@ pub fn init(verbosity: u8, rust_log: Option<&str>) {
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // stderr, with the real values of `--secret` redacted once a run installs them.
+        .with_writer(crate::secrets::redact::DiagnosticsWriter)
         .event_format(Prefixed)
         .try_init();
 }

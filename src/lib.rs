@@ -9,6 +9,7 @@
 //! - [`ca`]: the certificate authority, leaf certificates, CA bundles and `httpjail trust`.
 //! - [`error`]: the top-level error and exit codes; [`diagnostics`]: stderr output.
 //! - [`jail`]: the strong jail (Linux namespaces); [`dns`]: the jail's resolver.
+//! - [`secrets`]: `--secret` placeholders, substitution and leak blocking.
 //!
 //! See `ARCHITECTURE.md` for the map, the life of a request and the security model.
 
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod request_log;
 pub mod rules;
 pub mod runtime_dir;
+pub mod secrets;
 pub mod shutdown;
 pub mod signals;
 pub mod tls;

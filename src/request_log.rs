@@ -137,10 +137,23 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Rewrites each record before it is queued: the secrets redactor (SPEC section 9).
+pub type RecordFilter = std::sync::Arc<dyn Fn(&mut Record) + Send + Sync>;
+
 /// A cloneable handle to send records; a no-op when no log is configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestLog {
     sender: Option<mpsc::Sender<Message>>,
+    filter: Option<RecordFilter>,
+}
+
+impl std::fmt::Debug for RequestLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLog")
+            .field("enabled", &self.sender.is_some())
+            .field("filtered", &self.filter.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -169,7 +182,16 @@ pub struct OpenError {
 impl RequestLog {
     /// A log that records nothing.
     pub fn disabled() -> Self {
-        Self { sender: None }
+        Self {
+            sender: None,
+            filter: None,
+        }
+    }
+
+    /// This log with `filter` applied to every record before it is written.
+    pub fn with_filter(mut self, filter: RecordFilter) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     /// Opens (creating, appending) the log and starts its writer thread.
@@ -194,6 +216,7 @@ impl RequestLog {
         (
             Self {
                 sender: Some(sender.clone()),
+                filter: None,
             },
             LogWriter {
                 sender,
@@ -208,8 +231,11 @@ impl RequestLog {
     }
 
     /// Queues one record. Never blocks; a record sent after close is dropped.
-    pub fn record(&self, record: Record) {
+    pub fn record(&self, mut record: Record) {
         if let Some(sender) = &self.sender {
+            if let Some(filter) = &self.filter {
+                filter(&mut record);
+            }
             let _ = sender.send(Message::Record(Box::new(record)));
         }
     }

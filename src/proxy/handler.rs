@@ -1,6 +1,7 @@
 //! One request: work out what the client is asking for, hold it to the host of the intercepted
 //! connection, ask the rule, then forward it or refuse it.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -20,6 +21,8 @@ use crate::config::canonical;
 use crate::request_log::Record;
 use crate::rules::request::{normalize_host, split_host_port};
 use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
+use crate::secrets::body::{self as secret_body, LeakCut, Outgoing};
+use crate::secrets::{Leak, Policy, Secrets};
 
 /// What a request is for, before it becomes a [`RuleRequest`].
 #[derive(Debug, PartialEq, Eq)]
@@ -193,6 +196,24 @@ impl Shared {
                 return reject::bad_request(&e.to_string());
             }
         };
+        // --secret (SPEC section 9): a request that carries a secret where it may not go is
+        // denied here, before the rule, so that no rule is ever shown a real value.
+        let secret_policy = match &self.settings.secrets {
+            None => None,
+            Some(secrets) => {
+                let policy = secrets.policy(target.scheme, &rule_request.host);
+                if let Err(leak) = secrets.check_head(
+                    &policy,
+                    request.method().as_str(),
+                    &rule_request.host,
+                    &target.path_and_query,
+                    request.headers(),
+                ) {
+                    return self.secret_leak(secrets, &rule_request, &leak, &ctx, started);
+                }
+                Some(policy)
+            }
+        };
         let looped = request
             .headers()
             .get(LOOP_HEADER)
@@ -210,8 +231,15 @@ impl Shared {
                 self.deny(&rule_request, reason, message, &ctx, started)
             }
             Decision::Allow { max_tx_bytes } => {
-                self.forward(request, rule_request, max_tx_bytes, &ctx, started)
-                    .await
+                self.forward(
+                    request,
+                    rule_request,
+                    max_tx_bytes,
+                    secret_policy,
+                    &ctx,
+                    started,
+                )
+                .await
             }
         }
     }
@@ -275,6 +303,26 @@ impl Shared {
         response
     }
 
+    /// Denies a request that carries a secret where it may not go (`secret_leak`); what is
+    /// shown in the response, the log and the diagnostics is redacted.
+    fn secret_leak(
+        &self,
+        secrets: &Secrets,
+        request: &RuleRequest,
+        leak: &Leak,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let shown = secrets.redact_request(request);
+        self.deny(
+            &shown,
+            DenyReason::SecretLeak,
+            Some(leak.to_string()),
+            ctx,
+            started,
+        )
+    }
+
     /// A CONNECT opens a tunnel only to intercept it: the stream inside is served like a new
     /// connection bound to the requested host and port. The CONNECT itself is not shown to
     /// the rule; every request inside is.
@@ -335,15 +383,23 @@ impl Shared {
         mut request: Request<Incoming>,
         rule_request: RuleRequest,
         max_tx_bytes: Option<u64>,
+        secret_policy: Option<Policy>,
         ctx: &ConnCtx,
         started: Instant,
     ) -> Response<ProxyBody> {
+        // --secret: `Some` when secrets are configured (the policy of this request).
+        let secrets = self.settings.secrets.as_ref().zip(secret_policy.as_ref());
         let upgrade =
             request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let client_version = request.version();
         let (mut parts, body) = request.into_parts();
-        let uri: Uri = match rule_request.url.parse() {
+        // --secret: real values go into the URL only now, after the rule saw placeholders.
+        let url = match secrets {
+            Some((secrets, policy)) => secrets.substitute_url(policy, &rule_request.url),
+            None => Cow::Borrowed(rule_request.url.as_str()),
+        };
+        let uri: Uri = match url.parse() {
             Ok(uri) => uri,
             Err(e) => {
                 return reject::bad_request(&format!("cannot forward `{}`: {e}", rule_request.url));
@@ -354,6 +410,25 @@ impl Shared {
         if let Ok(token) = HeaderValue::from_str(&self.loop_token) {
             parts.headers.insert(LOOP_HEADER, token);
         }
+        // --secret: substitute in the headers; scan (and, for a bound host, substitute in)
+        // the body before anything is sent upstream (crate::secrets::body).
+        let body = match secrets {
+            Some((secrets, policy)) => {
+                match secret_body::prepare_request(secrets, policy, &mut parts.headers, body).await
+                {
+                    Outgoing::Forward(body) => body,
+                    Outgoing::Leak(leak) => {
+                        return self.secret_leak(secrets, &rule_request, &leak, ctx, started);
+                    }
+                    Outgoing::ClientError(e) => {
+                        let why = format!("the request body could not be read: {e}");
+                        let response = reject::bad_request(&why);
+                        return self.log_failure(&rule_request, response, ctx, started);
+                    }
+                }
+            }
+            None => Either::Left(body),
+        };
         let authority = authority(&rule_request);
         let path = uri
             .path_and_query()
@@ -467,6 +542,16 @@ impl Shared {
         max_tx_bytes: Option<u64>,
     ) -> Response<ProxyBody> {
         let as_dyn: &(dyn std::error::Error + 'static) = error;
+        // --secret: the body was cut while streaming because it carried a secret.
+        if let Some(cut) = find::<LeakCut>(as_dyn) {
+            return self.deny(
+                request,
+                DenyReason::SecretLeak,
+                Some(cut.0.clone()),
+                ctx,
+                started,
+            );
+        }
         if let Some(cut) = find::<TxLimitReached>(as_dyn)
             && let Some(max) = max_tx_bytes
         {

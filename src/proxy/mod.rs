@@ -95,6 +95,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// `--secret`: placeholders to substitute and leaks to block (SPEC section 9).
+    pub secrets: Option<Arc<crate::secrets::Secrets>>,
 }
 
 impl ProxySettings {
@@ -106,6 +108,7 @@ impl ProxySettings {
             timeouts: Timeouts::default(),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
+            secrets: None,
         }
     }
 }
@@ -147,6 +150,11 @@ impl Proxy {
             roots: settings.upstream_roots.clone(),
             connect_timeout: settings.timeouts.upstream_connect,
             idle_timeout: settings.timeouts.idle,
+        };
+        // --secret: no request-log record ever shows a real value (crate::secrets::redact).
+        let log = match &settings.secrets {
+            Some(secrets) => log.with_filter(secrets.record_filter()),
+            None => log,
         };
         let mut token = [0u8; 16];
         getrandom::fill(&mut token).expect("the OS random source is available");

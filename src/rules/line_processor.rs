@@ -99,9 +99,13 @@ impl LineProcessor {
     /// be spawned is an error; one that exits right away is reported by the first evaluation
     /// (a prompt deny) and on stderr. Must be called inside a tokio runtime.
     pub async fn start(command: &str, options: ProcessorOptions) -> Result<Self, Error> {
-        let program = Program::resolve("--proc", command)?;
+        Self::start_program(Program::resolve("--proc", command)?, options).await
+    }
+
+    /// Starts a program already resolved (e.g. with variables hidden from it).
+    pub async fn start_program(program: Program, options: ProcessorOptions) -> Result<Self, Error> {
         let first = Running::spawn(&program).map_err(|source| Error::ProcessorStart {
-            command: command.to_owned(),
+            command: program.display().to_owned(),
             source,
         })?;
         let (jobs, jobs_rx) = mpsc::channel(JOB_QUEUE);

@@ -106,6 +106,8 @@ impl RuleEngine {
     /// Loads the rule of `config`: compiles JS, checks a shell program, starts a line processor.
     /// Must be called inside a tokio runtime (the line processor's I/O runs on it).
     pub async fn start(config: &Config) -> Result<Self, Error> {
+        // --secret: rule programs inherit our environment, minus the secrets.
+        let hidden = || crate::secrets::env::hidden_vars(&config.secrets, std::env::vars_os());
         let kind = match &config.rule {
             RuleSource::None => Kind::DenyAll,
             RuleSource::Js(source) => Kind::Js(js::JsEngine::compile(
@@ -115,15 +117,15 @@ impl RuleEngine {
                     memory_limit: config.js_memory_limit,
                 },
             )?),
-            RuleSource::Shell { command } => Kind::Shell(shell::ShellEngine::new(
-                command,
+            RuleSource::Shell { command } => Kind::Shell(shell::ShellEngine::with_program(
+                program::Program::resolve("--sh", command)?.hiding_env(hidden()),
                 shell::ShellOptions {
                     timeout: config.timeouts.shell,
                 },
-            )?),
+            )),
             RuleSource::LineProcessor { command } => Kind::LineProcessor(
-                line_processor::LineProcessor::start(
-                    command,
+                line_processor::LineProcessor::start_program(
+                    program::Program::resolve("--proc", command)?.hiding_env(hidden()),
                     line_processor::ProcessorOptions {
                         answer_timeout: config.timeouts.line_processor,
                     },

@@ -52,6 +52,8 @@ pub struct Program {
     /// The command exactly as the user wrote it, for messages.
     command: String,
     launch: Launch,
+    /// Variables of our environment the program must not inherit (`--secret`).
+    hidden_env: Vec<OsString>,
 }
 
 impl Program {
@@ -73,7 +75,15 @@ impl Program {
         Ok(Self {
             command: command.to_owned(),
             launch,
+            hidden_env: Vec::new(),
         })
+    }
+
+    /// The same program, started without these variables of our environment (the `--secret`
+    /// variables and copies of their values: see `crate::secrets::env::hidden_vars`).
+    pub fn hiding_env(mut self, names: Vec<OsString>) -> Self {
+        self.hidden_env = names;
+        self
     }
 
     /// The command as the user gave it.
@@ -101,6 +111,9 @@ impl Program {
         // command's foreground group away from it. std implements this with posix_spawn's
         // POSIX_SPAWN_SETPGROUP, so the cheap vfork-style spawn path is kept.
         cmd.process_group(0).kill_on_drop(true);
+        for name in &self.hidden_env {
+            cmd.env_remove(name);
+        }
         cmd
     }
 }

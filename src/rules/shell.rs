@@ -48,10 +48,15 @@ pub struct ShellEngine {
 impl ShellEngine {
     /// Checks that the program (or `sh`, for a command with a space) exists and is executable.
     pub fn new(command: &str, options: ShellOptions) -> Result<Self, Error> {
-        Ok(Self {
-            program: Program::resolve("--sh", command)?,
+        Ok(Self::with_program(
+            Program::resolve("--sh", command)?,
             options,
-        })
+        ))
+    }
+
+    /// An engine for a program already resolved (e.g. with variables hidden from it).
+    pub fn with_program(program: Program, options: ShellOptions) -> Self {
+        Self { program, options }
     }
 
     /// Runs the command once for `request`. Never fails: every problem is a deny.

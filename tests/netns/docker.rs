@@ -718,3 +718,70 @@ async fn after_sigkill_the_container_stays_jailed_and_cleanup_removes_it() {
     });
     assert_nothing_left(&w, pid);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_only_their_host_and_the_container_sees_the_placeholder() {
+    let Some(_lock) = prerequisites_locked(false) else {
+        return;
+    };
+    let w = World::new().await;
+    let real = "s3cr3t-docker-token-5f1e";
+    let script = "\
+        echo token=$TOKEN; \
+        /usr/bin/curl -sS -o /dev/null -H \"Authorization: Bearer $TOKEN\" https://name.test/with-secret; echo; \
+        /usr/bin/curl -sS -o /dev/null -w 'plain=%{http_code}\\n' -H \"X-T: $TOKEN\" http://name.test/leak";
+    let log = w.log_path();
+    let mut args = vec![
+        "--js",
+        "true",
+        "--secret",
+        "TOKEN=name.test",
+        "--request-log",
+        &log,
+        "--request-log-format",
+        "json",
+        "--docker-run",
+        "--",
+        "--rm",
+        "-e",
+        "TOKEN",
+    ];
+    let mut mounts = vec!["/usr:/usr:ro".to_owned()];
+    for dir in ["/lib", "/lib64"] {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            mounts.push(format!("{}:{dir}:ro", real.display()));
+        }
+    }
+    for m in &mounts {
+        args.extend(["-v", m]);
+    }
+    args.extend([IMAGE, "sh", "-c", script]);
+    let mut cmd = w.httpjail(&args);
+    cmd.env("TOKEN", real);
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let token = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        token.starts_with("httpjail-secret-TOKEN-"),
+        "the container sees the placeholder: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains(real) && !out.stderr.contains(real),
+        "{out:?}"
+    );
+    // The bound host received the real value over https.
+    let seen = w.https.seen();
+    assert_eq!(seen.len(), 1, "{out:?}");
+    assert_eq!(seen[0].headers["authorization"], format!("Bearer {real}"));
+    // Plain http never carries a secret, even to its own host.
+    assert!(out.stdout.contains("plain=403"), "{out:?}");
+    assert_eq!(w.http.count(), 0);
+    let log = std::fs::read_to_string(w.log_path()).unwrap();
+    assert!(log.contains("secret_leak") && !log.contains(real), "{log}");
+    assert_nothing_left(&w, out.pid);
+}

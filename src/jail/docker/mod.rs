@@ -388,11 +388,14 @@ impl DockerJail {
 
     /// The `docker run` arguments: httpjail's own, then the user's (already checked by
     /// [`args::check`]). `ca_bundle` and `ca_dir` are the host files to mount.
+    /// `extra_env`: variables the container gets before the user's own `--env` options (the
+    /// `--secret` placeholders).
     pub fn run_args(
         &self,
         user_args: &[OsString],
         ca_bundle: &Path,
         ca_dir: &Path,
+        extra_env: &[(OsString, OsString)],
     ) -> Vec<OsString> {
         let mut out: Vec<OsString> = vec!["run".into()];
         out.push(
@@ -425,7 +428,7 @@ impl DockerJail {
                 ca_dir: Path::new(CA_DIR_IN_CONTAINER),
             },
         );
-        for (key, value) in env {
+        for (key, value) in env.iter().chain(extra_env) {
             let mut e = OsString::from("--env=");
             e.push(key);
             e.push("=");
@@ -439,9 +442,20 @@ impl DockerJail {
     /// Starts `docker run` with [`Self::run_args`], standard streams inherited. `interactive`:
     /// the client stays in our process group (it keeps the terminal); otherwise it gets its own,
     /// like a weak-mode command.
-    pub fn spawn(&self, args: Vec<OsString>, interactive: bool) -> Result<ContainerRun, Error> {
+    /// `client_env` is the complete environment of the docker client: a bare `--env VAR` in
+    /// the user's arguments copies `VAR` from it into the container, so it must hold the
+    /// `--secret` placeholders, never the real values.
+    pub fn spawn(
+        &self,
+        args: Vec<OsString>,
+        interactive: bool,
+        client_env: &[(OsString, OsString)],
+    ) -> Result<ContainerRun, Error> {
         let mut command = tokio::process::Command::new(self.docker.program());
-        command.args(&args);
+        command
+            .args(&args)
+            .env_clear()
+            .envs(client_env.iter().map(|(k, v)| (k, v)));
         if !interactive {
             command.process_group(0);
         }
@@ -660,10 +674,15 @@ mod tests {
             .iter()
             .map(OsString::from)
             .collect();
+        let placeholder = (
+            OsString::from("TOKEN"),
+            OsString::from("httpjail-secret-TOKEN-00"),
+        );
         let args = jail.run_args(
             &user,
             Path::new("/tmp/run/ca-bundle.pem"),
             Path::new("/tmp/run/certs"),
+            std::slice::from_ref(&placeholder),
         );
         let text: Vec<String> = args
             .iter()
@@ -686,6 +705,11 @@ mod tests {
             );
         }
         assert!(text.contains(&format!("--env=SSL_CERT_DIR={CA_DIR_IN_CONTAINER}")));
+        // The --secret placeholder comes before the user's options (which may override it).
+        let at = text
+            .iter()
+            .position(|a| a == "--env=TOKEN=httpjail-secret-TOKEN-00");
+        assert!(at.is_some_and(|i| i < args.len() - user.len()), "{text:?}");
         assert_eq!(&args[args.len() - user.len()..], &user[..]);
         // Our own options pass our own check (no network option comes from the user).
         let ours = &args[1..args.len() - user.len()];

@@ -22,6 +22,7 @@ use crate::request_log::Record;
 use crate::rules::request::{normalize_host, split_host_port};
 use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
 use crate::secrets::body::{self as secret_body, LeakCut, Outgoing};
+use crate::secrets::upgrade::{self as secret_upgrade, Cut as SecretCut, UpgradeScanner};
 use crate::secrets::{Leak, Policy, Secrets};
 
 /// What a request is for, before it becomes a [`RuleRequest`].
@@ -406,6 +407,12 @@ impl Shared {
             }
         };
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // --secret: what the client sends after an upgrade is scanned too; a compressed
+        // WebSocket could not be, so no extension is offered upstream.
+        let websocket = upgrade && secret_upgrade::is_websocket(&parts.headers);
+        if websocket && secrets.is_some() {
+            secret_upgrade::strip_extensions(&mut parts.headers);
+        }
         parts.headers.remove(header::HOST);
         if let Ok(token) = HeaderValue::from_str(&self.loop_token) {
             parts.headers.insert(LOOP_HEADER, token);
@@ -481,11 +488,33 @@ impl Shared {
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
         parts.version = client_version;
         if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upstream_upgrade) {
-            tokio::spawn(splice_upgrade(
-                client_side,
-                upstream_side,
-                rule_request.url.clone(),
-            ));
+            match secrets {
+                None => {
+                    tokio::spawn(splice_upgrade(
+                        client_side,
+                        upstream_side,
+                        rule_request.url.clone(),
+                    ));
+                }
+                Some((secrets, policy)) => {
+                    let scanner = UpgradeScanner::new(secrets.clone(), policy.clone(), websocket);
+                    let shown = secrets.redact_request(&rule_request);
+                    let log = self.log.clone();
+                    let original_dst = ctx.original_dst;
+                    tokio::spawn(async move {
+                        if let Some(why) =
+                            splice_scanned(client_side, upstream_side, scanner, &shown.url).await
+                        {
+                            let record = Record::for_request(
+                                &shown,
+                                &Decision::deny_with(DenyReason::SecretLeak, why),
+                            )
+                            .with_original_dst(original_dst);
+                            log.record(record);
+                        }
+                    });
+                }
+            }
         }
         tracing::debug!(
             "allow {} {} → {}",
@@ -626,6 +655,60 @@ async fn splice_upgrade(
             }
         }
         Err(e) => tracing::debug!("protocol upgrade for {url} failed: {e}"),
+    }
+}
+
+/// Like [`splice_upgrade`], with everything the client sends scanned for secrets before it
+/// is forwarded. Returns why the connection was cut, if it was.
+async fn splice_scanned(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut scanner: UpgradeScanner,
+    url: &str,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!("protocol upgrade for {url} failed: {e}");
+            return None;
+        }
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
+    let down = async {
+        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::with_capacity(buf.len());
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = upstream_write.shutdown().await;
+                    return None;
+                }
+                Ok(n) => n,
+            };
+            out.clear();
+            if let Err(cut) = scanner.feed(&buf[..n], &mut out) {
+                let why = match cut {
+                    SecretCut::Leak(leak) => leak.to_string(),
+                    SecretCut::Unscannable(why) => why,
+                };
+                tracing::warn!("upgraded connection to {url} cut: {why}");
+                return Some(why);
+            }
+            if upstream_write.write_all(&out).await.is_err() {
+                return None;
+            }
+        }
+    };
+    tokio::pin!(down);
+    tokio::select! {
+        cut = up => cut,
+        () = &mut down => None,
     }
 }
 

@@ -34,6 +34,7 @@ pub mod placeholder;
 pub mod redact;
 pub mod scan;
 pub mod substitute;
+pub mod upgrade;
 
 use std::fmt;
 use std::ops::ControlFlow;

@@ -658,3 +658,86 @@ fn a_missing_secret_variable_is_a_start_up_error_naming_it() {
         assert!(out.stderr.contains(state), "{out:?}");
     }
 }
+
+/// A masked WebSocket client frame.
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x81];
+    assert!(payload.len() < 126);
+    out.push(0x80 | payload.len() as u8);
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_frames_after_an_upgrade_are_scanned() {
+    let mut f = Fixture::start().await;
+    let port = f.other.port();
+    let mut stream = TcpStream::connect(f.proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            format!("CONNECT evil.test:{port} HTTP/1.1\r\nHost: evil.test:{port}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(f.proxy.proxy_ca.root_store())
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect("evil.test".try_into().unwrap(), stream)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET /upgrade HTTP/1.1\r\nHost: evil.test:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let seen = f.other.seen();
+    assert!(
+        seen[0].headers.get("sec-websocket-extensions").is_none(),
+        "compression must not be offered upstream"
+    );
+    // A clean frame goes through (the test upstream echoes raw bytes).
+    let clean = ws_frame(b"hello, server");
+    tls.write_all(&clean).await.unwrap();
+    let mut echoed = vec![0u8; clean.len()];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, clean);
+    // A frame carrying the secret is never forwarded: the connection is cut.
+    tls.write_all(&ws_frame(format!("token={VALUE}").as_bytes()))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    assert!(
+        rest.is_empty(),
+        "the leaking frame came back from upstream: {rest:?}"
+    );
+    drop(tls);
+    let log = f.log_text();
+    assert!(log.contains("secret_leak") && !log.contains(VALUE), "{log}");
+}

@@ -22,6 +22,7 @@ use crate::request_log::Record;
 use crate::rules::request::{normalize_host, split_host_port};
 use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
 use crate::secrets::body::{self as secret_body, LeakCut, Outgoing};
+use crate::secrets::response::ScrubbedBody;
 use crate::secrets::upgrade::{self as secret_upgrade, Cut as SecretCut, UpgradeScanner};
 use crate::secrets::{Leak, Policy, Secrets};
 
@@ -487,6 +488,24 @@ impl Shared {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
         parts.version = client_version;
+        // --secret: a bound host that sends a real value back (an echo, a token exchange)
+        // must not hand it to the command: it is replaced by the placeholder.
+        let scrubber = secrets
+            .filter(|(_, policy)| policy.substitutes())
+            .and_then(|(secrets, _)| secrets.scrubber().cloned());
+        let body = match scrubber {
+            Some(scrubber)
+                if upstream_upgrade.is_none()
+                    && rule_request.method != "HEAD"
+                    && !matches!(parts.status.as_u16(), 204 | 304) =>
+            {
+                scrubber.headers(&mut parts.headers);
+                // Replacing changes the length; hyper frames the body itself then.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Either::Right(ScrubbedBody::new(body, scrubber))
+            }
+            _ => Either::Left(body),
+        };
         if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upstream_upgrade) {
             match secrets {
                 None => {

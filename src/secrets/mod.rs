@@ -32,6 +32,7 @@ pub mod body;
 pub mod env;
 pub mod placeholder;
 pub mod redact;
+pub mod response;
 pub mod scan;
 pub mod substitute;
 pub mod upgrade;
@@ -82,6 +83,8 @@ struct Entry {
 pub struct Secrets {
     entries: Vec<Entry>,
     matcher: Matcher,
+    /// Replaces real values echoed back in responses from bound hosts.
+    scrubber: Option<Arc<response::Scrubber>>,
 }
 
 impl fmt::Debug for Secrets {
@@ -156,7 +159,17 @@ impl Secrets {
             });
         }
         let matcher = Matcher::new(&targets)?;
-        Ok(Self { entries, matcher })
+        let scrubber = response::Scrubber::from_entries(&entries);
+        Ok(Self {
+            entries,
+            matcher,
+            scrubber,
+        })
+    }
+
+    /// What replaces real values in responses (see [`response`]).
+    pub fn scrubber(&self) -> Option<&Arc<response::Scrubber>> {
+        self.scrubber.as_ref()
     }
 
     /// The placeholder the command sees in `$var`.

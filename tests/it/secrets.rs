@@ -741,3 +741,29 @@ async fn websocket_frames_after_an_upgrade_are_scanned() {
     let log = f.log_text();
     assert!(log.contains("secret_leak") && !log.contains(VALUE), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_echoed_back_by_the_bound_host_reaches_the_command_as_the_placeholder() {
+    let f = Fixture::start().await;
+    let auth = format!("Authorization: Bearer {}", f.placeholder);
+    // The test upstream echoes every header it received, the real value included.
+    for version in ["--http1.1", "--http2"] {
+        let got = f.curl(&[version, "-H", &auth, &f.bound_url("/echo")]).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        let echo = got.json();
+        assert_eq!(
+            echo["headers"]["authorization"],
+            format!("Bearer {}", f.placeholder),
+            "{version}"
+        );
+        assert!(
+            !got.body.contains(VALUE) && !got.headers.contains(VALUE),
+            "{version}: {got:?}"
+        );
+    }
+    let seen = f.bound.seen();
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {VALUE}").as_str())
+    );
+}

@@ -40,11 +40,18 @@ pub(super) struct SystemRoots {
     pub(super) source: Option<PathBuf>,
 }
 
-/// Reads the system roots from the first bundle (or directory) that yields any.
-pub(super) fn system_roots() -> SystemRoots {
-    let bundles: Vec<&Path> = SYSTEM_BUNDLES.iter().map(Path::new).collect();
-    let dirs: Vec<&Path> = SYSTEM_CERT_DIRS.iter().map(Path::new).collect();
-    system_roots_from(&bundles, &dirs)
+/// Reads the system roots from the first bundle (or directory) that yields any. Read once per
+/// process: the upstream root store and the command's bundle both need them, and parsing a
+/// distribution bundle (~150 certificates) costs milliseconds at every start.
+pub(super) fn system_roots() -> std::sync::Arc<SystemRoots> {
+    static ROOTS: std::sync::OnceLock<std::sync::Arc<SystemRoots>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let bundles: Vec<&Path> = SYSTEM_BUNDLES.iter().map(Path::new).collect();
+            let dirs: Vec<&Path> = SYSTEM_CERT_DIRS.iter().map(Path::new).collect();
+            std::sync::Arc::new(system_roots_from(&bundles, &dirs))
+        })
+        .clone()
 }
 
 pub(super) fn system_roots_from(bundles: &[&Path], dirs: &[&Path]) -> SystemRoots {
@@ -140,7 +147,7 @@ pub fn upstream_roots(extra: Option<&Path>) -> Result<RootCertStore, Error> {
             looked_for()
         );
     }
-    upstream_roots_with(system.certs, extra)
+    upstream_roots_with(system.certs.clone(), extra)
 }
 
 pub(super) fn upstream_roots_with(

@@ -862,7 +862,7 @@ fn system_roots_come_from_the_first_usable_bundle() {
 fn upstream_roots_add_the_extra_file_and_reject_bad_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = authority(&tmp.path().join("ca"));
-    let system = roots::system_roots().certs;
+    let system = roots::system_roots().certs.clone();
     let base = roots::upstream_roots_with(system.clone(), None).unwrap();
 
     let extra = tmp.path().join("extra.pem");

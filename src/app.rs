@@ -175,6 +175,34 @@ impl Services {
         })
     }
 
+    /// `env` with every `--secret` variable (and any copy of a real value) replaced by its
+    /// placeholder: what a command, a docker client or a container may see.
+    fn with_placeholders(&self, mut env: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
+        if let Some(secrets) = &self.secrets {
+            secrets.patch_env(&mut env);
+        }
+        env
+    }
+
+    /// The command's complete environment: ours, with the proxy variables when `proxy_url` is
+    /// given (weak mode), the CA variables pointing into `files`, and placeholders for secrets.
+    fn command_env(
+        &self,
+        files: &CommandFiles,
+        proxy_url: Option<&str>,
+    ) -> Vec<(OsString, OsString)> {
+        let bundle = files.bundle();
+        let certs = files.certs();
+        self.with_placeholders(env::command_env(
+            std::env::vars_os(),
+            &CommandEnv {
+                proxy_url,
+                ca_bundle: &bundle,
+                ca_dir: &certs,
+            },
+        ))
+    }
+
     fn serve(&mut self, listener: TcpListener, entry: Entry) {
         let proxy = self.proxy.clone();
         let shutdown = self.trigger.subscribe();
@@ -273,23 +301,9 @@ async fn weak(config: &Config, command: &[OsString], mut signals: Signals) -> Re
     services.serve(listener, Entry::PROXY);
     let files = CommandFiles::write(&services.authority)?;
     let proxy_url = format!("http://{proxy_addr}");
-    let bundle = files.bundle();
-    let certs = files.certs();
-    let mut command_env = env::command_env(
-        std::env::vars_os(),
-        &CommandEnv {
-            proxy_url: Some(&proxy_url),
-            ca_bundle: &bundle,
-            ca_dir: &certs,
-        },
-    );
-    // --secret: the command sees placeholders, never the real values.
-    if let Some(secrets) = &services.secrets {
-        secrets.patch_env(&mut command_env);
-    }
     let spec = CommandSpec {
         argv: command.to_vec(),
-        env: command_env,
+        env: services.command_env(&files, Some(&proxy_url)),
         cwd: None,
     };
     tracing::info!("weak jail: proxy on {proxy_url}");
@@ -334,22 +348,8 @@ async fn strong(config: &Config, command: &[OsString], mut signals: Signals) -> 
             .share_with(user.uid, user.gid)
             .map_err(|e| Error::io("let the sudo user read the run directory", e))?;
     }
-    let bundle = files.bundle();
-    let certs = files.certs();
-    let mut env = env::command_env(
-        std::env::vars_os(),
-        &CommandEnv {
-            proxy_url: None,
-            ca_bundle: &bundle,
-            ca_dir: &certs,
-        },
-    );
     let cwd = std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?;
-    // --secret: the command sees placeholders, never the real values.
-    if let Some(secrets) = &services.secrets {
-        secrets.patch_env(&mut env);
-    }
-    let mut spec = JailSpec::new(command.to_vec(), env, cwd);
+    let mut spec = JailSpec::new(command.to_vec(), services.command_env(&files, None), cwd);
     if let Some(user) = &config.sudo_user {
         spec.run_as = RunAs::from_sudo_user(user)?;
     }
@@ -416,10 +416,9 @@ async fn docker_run(
         let resolvers = serve_jail(&mut services, listeners)?;
         let interactive = child::is_interactive();
         // --secret: the container and the docker client see placeholders only.
-        let mut client_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let client_env = services.with_placeholders(std::env::vars_os().collect());
         let mut placeholders = Vec::new();
         if let Some(secrets) = &services.secrets {
-            secrets.patch_env(&mut client_env);
             for var in secrets.vars() {
                 if let Some(placeholder) = secrets.placeholder(var) {
                     placeholders.push((OsString::from(var), OsString::from(placeholder)));

@@ -143,8 +143,9 @@ impl Services {
         // --secret: placeholders and the leak detector, before anything can show a value.
         let secrets =
             Secrets::from_config(&config.secrets).map_err(|e| Error::Message(e.to_string()))?;
+        // httpjail is already non-dumpable (`jail::harden_process` in `main`), which keeps the
+        // real values out of core dumps and away from same-user debuggers.
         if secrets.is_some() {
-            crate::secrets::harden_process();
             crate::secrets::redact::install_diagnostics(secrets.clone());
         }
         let authority = Arc::new(Authority::load_or_create(&config.ca)?);

@@ -25,7 +25,7 @@
 //!
 //! The real values live in [`Zeroizing`] strings that are zeroed when the last reference to
 //! [`Secrets`] is dropped. Copies that other code owns cannot be zeroed: the automata's tables,
-//! and the substituted requests handed to hyper. [`harden_process`] keeps them out of core
+//! and the substituted requests handed to hyper. [`crate::jail::harden_process`] (run for every invocation in `main`) keeps them out of core
 //! dumps and away from same-user debuggers (`PR_SET_DUMPABLE` = 0).
 
 pub mod body;
@@ -411,20 +411,6 @@ impl fmt::Display for Leak {
             ),
             Why::HostName => f.write_str("; host names go to DNS resolvers and in clear text over TLS"),
         }
-    }
-}
-
-/// Keeps our memory (which holds the real values) out of core dumps and away from debuggers
-/// run by the same user: `prctl(PR_SET_DUMPABLE, 0)`. Also makes `/proc/<our pid>/environ`
-/// and `mem` unreadable to the command in weak mode, which runs as our user. The flag is
-/// reset for the command when it is executed.
-pub fn harden_process() {
-    // Why: the jailed command runs as the same user in weak mode and could otherwise read our
-    // environment (which holds the real values) from /proc or attach a debugger.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(
-            "--secret: cannot disable core dumps of httpjail (prctl PR_SET_DUMPABLE): {e}"
-        );
     }
 }
 

@@ -84,6 +84,20 @@ pub fn render_inline(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The first error of type `T` in `error`'s source chain (itself included).
+pub fn find_source<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// Renders an error the one way httpjail prints errors:
 ///
 /// ```text

@@ -219,17 +219,7 @@ impl Error {
     /// The message and every cause, joined as one line (`a: b: c`), for callers that carry
     /// errors as text.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        text
+        crate::error::render_inline(self)
     }
 }
 

@@ -18,6 +18,7 @@ use super::body::{Completion, CountedBody, LoggedBody, ProxyBody, TxLimitReached
 use super::upstream::ConnectError;
 use super::{ConnCtx, LOOP_HEADER, Shared, headers, reject};
 use crate::config::canonical;
+use crate::error::{find_source, render_inline};
 use crate::request_log::Record;
 use crate::rules::request::{normalize_host, split_host_port};
 use crate::rules::{Decision, DenyReason, RuleRequest, Scheme};
@@ -591,7 +592,7 @@ impl Shared {
     ) -> Response<ProxyBody> {
         let as_dyn: &(dyn std::error::Error + 'static) = error;
         // --secret: the body was cut while streaming because it carried a secret.
-        if let Some(cut) = find::<LeakCut>(as_dyn) {
+        if let Some(cut) = find_source::<LeakCut>(as_dyn) {
             return self.deny(
                 request,
                 DenyReason::SecretLeak,
@@ -600,7 +601,7 @@ impl Shared {
                 started,
             );
         }
-        if let Some(cut) = find::<TxLimitReached>(as_dyn)
+        if let Some(cut) = find_source::<TxLimitReached>(as_dyn)
             && let Some(max) = max_tx_bytes
         {
             tracing::info!("{} {}: {cut}", request.method, request.url);
@@ -615,7 +616,7 @@ impl Shared {
             self.log.record(record);
             return reject::too_large(max.saturating_add(1), max);
         }
-        match ConnectError::find(as_dyn) {
+        match find_source::<ConnectError>(as_dyn) {
             Some(e @ ConnectError::PrivateAddress { .. }) => self.deny(
                 request,
                 DenyReason::PrivateAddress,
@@ -628,13 +629,13 @@ impl Shared {
                 self.log_failure(request, response, ctx, started)
             }
             Some(e) => {
-                let why = chain(e);
+                let why = render_inline(e);
                 tracing::info!("{} {}: {why}", request.method, request.url);
                 let response = reject::bad_gateway(&request.url, &why);
                 self.log_failure(request, response, ctx, started)
             }
             None => {
-                let why = chain(as_dyn);
+                let why = render_inline(as_dyn);
                 tracing::info!("{} {}: {why}", request.method, request.url);
                 let response = reject::bad_gateway(&request.url, &why);
                 self.log_failure(request, response, ctx, started)
@@ -729,34 +730,6 @@ async fn splice_scanned(
         cut = up => cut,
         () = &mut down => None,
     }
-}
-
-fn find<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        current = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

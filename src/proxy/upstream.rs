@@ -62,20 +62,6 @@ pub enum ConnectError {
     NoHost { uri: String },
 }
 
-impl ConnectError {
-    /// Finds a `ConnectError` in an error's source chain.
-    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
-        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = current {
-            if let Some(found) = e.downcast_ref::<Self>() {
-                return Some(found);
-            }
-            current = e.source();
-        }
-        None
-    }
-}
-
 /// Settings of the upstream side.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {

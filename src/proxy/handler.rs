@@ -288,6 +288,27 @@ impl Shared {
         }
     }
 
+    /// Writes the one log record of a request answered here (not by an upstream body that
+    /// streams: that one is written by `LoggedBody`). Nothing is built without a request log.
+    fn log_answered(
+        &self,
+        request: &RuleRequest,
+        decision: &Decision,
+        status: u16,
+        bytes_up: u64,
+        ctx: &ConnCtx,
+        started: Instant,
+    ) {
+        if !self.log.is_enabled() {
+            return;
+        }
+        let mut record = Record::for_request(request, decision).with_original_dst(ctx.original_dst);
+        record.status = Some(status);
+        record.bytes_up = bytes_up;
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.log.record(record);
+    }
+
     fn deny(
         &self,
         request: &RuleRequest,
@@ -298,11 +319,15 @@ impl Shared {
     ) -> Response<ProxyBody> {
         let response = reject::denied(&request.method, &request.url, reason, message.as_deref());
         tracing::info!("deny {} {} ({reason})", request.method, request.url);
-        let mut record = Record::for_request(request, &Decision::Deny { reason, message })
-            .with_original_dst(ctx.original_dst);
-        record.status = Some(response.status().as_u16());
-        record.duration_ms = started.elapsed().as_millis() as u64;
-        self.log.record(record);
+        let status = response.status().as_u16();
+        self.log_answered(
+            request,
+            &Decision::Deny { reason, message },
+            status,
+            0,
+            ctx,
+            started,
+        );
         response
     }
 
@@ -567,19 +592,12 @@ impl Shared {
         ctx: &ConnCtx,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let response = reject::too_large(size, max);
-        let mut record = Record::for_request(
-            request,
-            &Decision::deny_with(
-                DenyReason::TxLimit,
-                format!("{size} bytes > max_tx_bytes {max}"),
-            ),
-        )
-        .with_original_dst(ctx.original_dst);
-        record.status = Some(413);
-        record.duration_ms = started.elapsed().as_millis() as u64;
-        self.log.record(record);
-        response
+        let decision = Decision::deny_with(
+            DenyReason::TxLimit,
+            format!("{size} bytes > max_tx_bytes {max}"),
+        );
+        self.log_answered(request, &decision, 413, 0, ctx, started);
+        reject::too_large(size, max)
     }
 
     fn upstream_failed(
@@ -605,15 +623,8 @@ impl Shared {
             && let Some(max) = max_tx_bytes
         {
             tracing::info!("{} {}: {cut}", request.method, request.url);
-            let mut record = Record::for_request(
-                request,
-                &Decision::deny_with(DenyReason::TxLimit, cut.to_string()),
-            )
-            .with_original_dst(ctx.original_dst);
-            record.status = Some(413);
-            record.bytes_up = max;
-            record.duration_ms = started.elapsed().as_millis() as u64;
-            self.log.record(record);
+            let decision = Decision::deny_with(DenyReason::TxLimit, cut.to_string());
+            self.log_answered(request, &decision, 413, max, ctx, started);
             return reject::too_large(max.saturating_add(1), max);
         }
         match find_source::<ConnectError>(as_dyn) {
@@ -651,11 +662,8 @@ impl Shared {
         ctx: &ConnCtx,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let mut record =
-            Record::for_request(request, &Decision::ALLOW).with_original_dst(ctx.original_dst);
-        record.status = Some(response.status().as_u16());
-        record.duration_ms = started.elapsed().as_millis() as u64;
-        self.log.record(record);
+        let status = response.status().as_u16();
+        self.log_answered(request, &Decision::ALLOW, status, 0, ctx, started);
         response
     }
 }

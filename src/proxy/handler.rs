@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
@@ -441,9 +441,7 @@ impl Shared {
             secret_upgrade::strip_extensions(&mut parts.headers);
         }
         parts.headers.remove(header::HOST);
-        if let Ok(token) = HeaderValue::from_str(&self.loop_token) {
-            parts.headers.insert(LOOP_HEADER, token);
-        }
+        parts.headers.insert(LOOP_HEADER, self.loop_token.clone());
         // --secret: substitute in the headers; scan (and, for a bound host, substitute in)
         // the body before anything is sent upstream (crate::secrets::body).
         let body = match secrets {
